@@ -1,0 +1,12 @@
+//! sluice: a WAN optimizer for site-to-site links.
+//!
+//! The crate has two layers (see `DESIGN.md` in the project's shared notes):
+//!
+//! - [`core`] is sans-IO: packet views and flow keys ([`core::packet`]), the wire format
+//!   ([`core::wire`]), block compression ([`core::compress`]) and the per-shard
+//!   [`core::Encoder`] / [`core::Decoder`] pair that turns IP packets into WAN datagrams and back.
+//!   It takes time as a parameter and never touches sockets, files, the environment or a clock.
+//! - Everything else is the IO layer (configuration, TUN device, transports, runtime), which
+//!   drives the core.
+
+pub mod core;
