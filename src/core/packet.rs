@@ -805,7 +805,7 @@ pub mod testing {
         let (mut seg, checksum_at) = segment(protocol, PROTO_ICMP, src_port, dst_port, payload);
         let total = u16::try_from(20 + seg.len()).expect("IPv4 packet longer than 65535 bytes");
         if let Some(at) = checksum_at {
-            let seg_len = (seg.len() as u16).to_be_bytes();
+            let seg_len = (total - 20).to_be_bytes(); // the segment length, known to fit
             let sum = if protocol == PROTO_ICMP {
                 internet_checksum(&[&seg])
             } else {
