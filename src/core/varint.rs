@@ -3,7 +3,7 @@
 //! The two high bits of the first byte give the length: `00` one byte (6-bit value), `01` two
 //! bytes (14 bits), `10` four bytes (30 bits), `11` eight bytes (62 bits). Decoding reads at
 //! most eight bytes, never loops and never panics. sluice only writes values that fit 30 bits, so
-//! every varint on the wire is at most four bytes; [`read`] still accepts the eight-byte form and
+//! every varint on the wire is at most four bytes; [`read()`] still accepts the eight-byte form and
 //! callers bound the value they get.
 
 /// Largest value a varint can hold.
@@ -16,7 +16,7 @@ pub enum VarintError {
     Truncated,
 }
 
-/// Number of bytes [`write`] uses for `value`.
+/// Number of bytes [`write()`] uses for `value`.
 ///
 /// # Panics
 /// If `value` exceeds [`MAX`].
