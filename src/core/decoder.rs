@@ -1,6 +1,715 @@
-//! Placeholder: filled in by the core issue.
+//! The decoder: WAN datagrams in, the exact IP packets out, for one peer's shard.
+//!
+//! - **Strict.** Every datagram is parsed with [`wire::parse`]; every block is decompressed into
+//!   a buffer of exactly its announced length, checked against its checksum, and every packet
+//!   in it must be a well-formed IP packet, or the whole block is dropped and counted. Nothing
+//!   malformed is ever returned by [`Decoder::poll_packet`].
+//! - **In order per shard.** Blocks are released in sequence order, so packets of one flow
+//!   (always on one shard) stay in order. A block that arrives early waits in a window of
+//!   [`WINDOW`] sequence numbers for at most [`DecoderConfig::reorder_timeout`]; then the gap
+//!   before it is given up, and the missing block, should it still come, is dropped as stale.
+//!   A loss therefore costs only the packets of the lost block.
+//! - **Bounded.** At most [`WINDOW`] blocks (and one block far ahead of the window) are held,
+//!   each at most [`MAX_BLOCK_LEN`] bytes, and no more than
+//!   [`DecoderConfig::max_held_bytes`] in all; restored packets wait in a buffer of fixed size.
+//!   Nothing is allocated in proportion to what a datagram claims.
+//! - **Epochs.** Data is accepted only for the epoch the peer's encoder announced
+//!   ([`Decoder::handle_reset`]). A decoder that has no epoch and keeps receiving data asks
+//!   for a new one ([`Decoder::poll_control`]).
+//! - **Acks.** The decoder acknowledges restored blocks, cumulatively, every
+//!   [`DecoderConfig::ack_every`] blocks or after [`DecoderConfig::ack_delay`].
 
-/// Placeholder.
-pub struct Decoder;
-/// Placeholder.
-pub struct DecoderConfig;
+use std::time::Duration;
+
+use super::Timestamp;
+use super::compress::Decompressor;
+use super::packet;
+use super::stats::DecoderStats;
+use super::wire::{
+    self, Ack, BlockId, MAX_AREA_LEN, MAX_BLOCK_LEN, Message, Reset, ResetKind, WireError,
+};
+
+/// Sequence numbers the reorder window spans (the width of an ack's bitmap).
+pub const WINDOW: u32 = 64;
+
+/// Bytes of restored packets the decoder keeps for the caller: two full blocks, so an
+/// in-order block can be restored while the previous one is still being drained.
+const READY_CAP: usize = 2 * MAX_AREA_LEN;
+
+/// Most fragments one block may arrive in: a maximal block cut into pieces of the smallest
+/// datagram the encoder produces, plus slack for one short last piece.
+const MAX_FRAGMENTS: usize =
+    MAX_BLOCK_LEN / (wire::MIN_DATAGRAM_SIZE - wire::MAX_FRAGMENT_HEADER_LEN) + 2;
+
+/// Settings of one decoder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecoderConfig {
+    /// Longest a complete block waits for a missing earlier one.
+    pub reorder_timeout: Duration,
+    /// Longest the fragments of an incomplete block are kept.
+    pub reassembly_timeout: Duration,
+    /// Most bytes held in the reorder window and reassembly, all blocks together.
+    pub max_held_bytes: usize,
+    /// Send an ack after this many restored blocks...
+    pub ack_every: u32,
+    /// ...or this long after the first unacknowledged one.
+    pub ack_delay: Duration,
+    /// How long data without a known epoch is tolerated before asking for a reset, and the
+    /// least time between two requests.
+    pub reset_grace: Duration,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            reorder_timeout: Duration::from_millis(5),
+            reassembly_timeout: Duration::from_millis(500),
+            max_held_bytes: 2 * 1024 * 1024,
+            ack_every: 8,
+            ack_delay: Duration::from_millis(5),
+            reset_grace: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum SlotState {
+    #[default]
+    Empty,
+    Partial,
+    Complete,
+}
+
+/// One block in the reorder window (or far ahead of it).
+#[derive(Debug, Default)]
+struct Slot {
+    state: SlotState,
+    /// The block's sequence number (valid unless empty).
+    seq: u32,
+    /// The block's bytes; `block_len` long while in use. Its allocation is kept for reuse.
+    buf: Vec<u8>,
+    /// Length of the block.
+    block_len: usize,
+    /// Byte ranges received so far (start, end), for overlap checks.
+    ranges: Vec<(usize, usize)>,
+    /// Bytes received so far.
+    received: usize,
+    /// When the first piece arrived (partial) or when it became complete (complete).
+    since: Timestamp,
+}
+
+impl Slot {
+    fn clear(&mut self) {
+        self.state = SlotState::Empty;
+        self.ranges.clear();
+        self.received = 0;
+        self.block_len = 0;
+    }
+
+    /// Bytes this slot holds towards the budget.
+    fn held(&self) -> usize {
+        if self.state == SlotState::Empty {
+            0
+        } else {
+            self.block_len
+        }
+    }
+
+    /// Starts assembling block `seq` of `block_len` bytes.
+    fn start(&mut self, seq: u32, block_len: usize, now: Timestamp) {
+        self.state = SlotState::Partial;
+        self.seq = seq;
+        self.block_len = block_len;
+        self.ranges.clear();
+        self.received = 0;
+        self.since = now;
+        if self.buf.len() < block_len {
+            self.buf.resize(block_len, 0);
+        }
+    }
+
+    /// Adds one piece. Returns `Ok(true)` when the block just became complete.
+    fn add(
+        &mut self,
+        block_len: usize,
+        offset: usize,
+        chunk: &[u8],
+        now: Timestamp,
+    ) -> Result<bool, Placement> {
+        if self.state == SlotState::Complete {
+            return Err(Placement::Duplicate);
+        }
+        if block_len != self.block_len {
+            return Err(Placement::Mismatch);
+        }
+        let end = offset + chunk.len();
+        for &(s, e) in &self.ranges {
+            if s == offset && e == end {
+                return Err(Placement::Duplicate);
+            }
+            if offset < e && s < end {
+                return Err(Placement::Mismatch);
+            }
+        }
+        if self.ranges.len() >= MAX_FRAGMENTS {
+            return Err(Placement::Mismatch);
+        }
+        self.ranges.push((offset, end));
+        self.buf[offset..end].copy_from_slice(chunk);
+        self.received += chunk.len();
+        if self.received == self.block_len {
+            self.state = SlotState::Complete;
+            self.since = now;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Why a piece could not be placed.
+enum Placement {
+    /// Already have these bytes.
+    Duplicate,
+    /// Conflicts with what is held.
+    Mismatch,
+}
+
+/// Restores IP packets from the datagrams of one peer's encoder (one shard). See the module
+/// doc.
+pub struct Decoder {
+    config: DecoderConfig,
+    shard: u8,
+    epoch: Option<u16>,
+    /// Next sequence number to restore; everything before it was restored or given up.
+    next: u32,
+    /// The reorder window: slot `seq % WINDOW` holds block `seq` for `next <= seq < next + WINDOW`.
+    slots: Vec<Slot>,
+    /// One block beyond the window, assembled and verified before the window jumps to it.
+    far: Slot,
+    /// Bytes held by `slots` and `far`.
+    held: usize,
+    decompressor: Decompressor,
+    /// Restored packet-area entries; `ready[ready_start..ready_end]` waits for the caller.
+    ready: Vec<u8>,
+    ready_start: usize,
+    ready_end: usize,
+    /// Scratch area for verifying a block far ahead of the window.
+    scratch: Vec<u8>,
+    /// Newest restored sequence number and the bitmap of the 64 before it.
+    largest: Option<u32>,
+    received: u64,
+    /// Restored blocks not yet acknowledged, and when the oldest of them was restored.
+    unacked: u32,
+    ack_due: Option<Timestamp>,
+    /// When data without a known epoch was first seen, and when a reset was last requested.
+    orphan_since: Option<Timestamp>,
+    last_request: Option<Timestamp>,
+    request_pending: bool,
+    stats: DecoderStats,
+}
+
+impl Decoder {
+    /// A decoder for the peer encoder of `shard`. It has no epoch until the peer's
+    /// announcement arrives through [`Decoder::handle_reset`].
+    ///
+    /// # Errors
+    /// If the zstd decoding context cannot be created.
+    pub fn new(
+        config: DecoderConfig,
+        shard: u8,
+    ) -> Result<Decoder, super::compress::CompressError> {
+        Ok(Decoder {
+            config,
+            shard,
+            epoch: None,
+            next: 0,
+            slots: (0..WINDOW).map(|_| Slot::default()).collect(),
+            far: Slot::default(),
+            held: 0,
+            decompressor: Decompressor::new()?,
+            ready: vec![0; READY_CAP],
+            ready_start: 0,
+            ready_end: 0,
+            scratch: Vec::new(),
+            largest: None,
+            received: 0,
+            unacked: 0,
+            ack_due: None,
+            orphan_since: None,
+            last_request: None,
+            request_pending: false,
+            stats: DecoderStats::default(),
+        })
+    }
+
+    /// The shard whose encoder this decoder follows.
+    pub fn shard(&self) -> u8 {
+        self.shard
+    }
+
+    /// The epoch data is accepted for, once announced.
+    pub fn epoch(&self) -> Option<u16> {
+        self.epoch
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &DecoderStats {
+        &self.stats
+    }
+
+    /// Takes one datagram from the peer. Restored packets are then available from
+    /// [`Decoder::poll_packet`].
+    ///
+    /// # Errors
+    /// The reason a malformed datagram or block was dropped (also counted). Stale,
+    /// duplicate and wrong-epoch datagrams are not errors; they are only counted.
+    pub fn handle_datagram(&mut self, now: Timestamp, datagram: &[u8]) -> Result<(), WireError> {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let result = self.accept(now, datagram);
+        if let Err(e) = result {
+            self.stats.malformed[e.index()] += 1;
+        }
+        result
+    }
+
+    fn accept(&mut self, now: Timestamp, datagram: &[u8]) -> Result<(), WireError> {
+        let (id, block_len, offset, chunk) = match wire::parse(datagram)? {
+            Message::Data { id, block } => (id, block.len(), 0, block),
+            Message::Fragment { fragment, chunk } => {
+                (fragment.id, fragment.block_len, fragment.offset, chunk)
+            }
+            _ => return Err(WireError::UnknownType),
+        };
+        if id.shard != self.shard {
+            self.stats.wrong_epoch += 1;
+            return Ok(());
+        }
+        match self.epoch {
+            Some(epoch) if epoch == id.epoch => {}
+            Some(_) => {
+                self.stats.wrong_epoch += 1;
+                return Ok(());
+            }
+            None => {
+                self.stats.wrong_epoch += 1;
+                self.orphan(now);
+                return Ok(());
+            }
+        }
+        let ahead = id.seq.wrapping_sub(self.next);
+        if ahead as i32 <= -1 {
+            self.stats.stale += 1;
+            return Ok(());
+        }
+        let whole = chunk.len() == block_len;
+        if ahead >= WINDOW {
+            return self.accept_far(now, id, block_len, offset, chunk);
+        }
+        // Fast path: the next block, whole, and room to restore it straight from the datagram.
+        if ahead == 0
+            && whole
+            && self.slots[self.slot_index(id.seq)].state == SlotState::Empty
+            && self.ready_room() >= MAX_AREA_LEN
+        {
+            self.restore_into_ready(now, id, chunk)?;
+            self.next = self.next.wrapping_add(1);
+            return Ok(());
+        }
+        let index = self.slot_index(id.seq);
+        let slot = &mut self.slots[index];
+        if slot.state == SlotState::Empty {
+            if self.held + block_len > self.config.max_held_bytes {
+                self.stats.backlog += 1;
+                return Ok(());
+            }
+            slot.start(id.seq, block_len, now);
+            self.held += block_len;
+        }
+        match slot.add(block_len, offset, chunk, now) {
+            Ok(_) => Ok(()),
+            Err(Placement::Duplicate) => {
+                self.stats.stale += 1;
+                Ok(())
+            }
+            Err(Placement::Mismatch) => Err(WireError::FragmentMismatch),
+        }
+    }
+
+    /// A piece of a block at least [`WINDOW`] ahead: assemble it aside; once complete and
+    /// verified, give up everything before it and move the window there. An unverified
+    /// datagram (a corrupted sequence number, say) therefore never moves the window.
+    fn accept_far(
+        &mut self,
+        now: Timestamp,
+        id: BlockId,
+        block_len: usize,
+        offset: usize,
+        chunk: &[u8],
+    ) -> Result<(), WireError> {
+        if self.far.state != SlotState::Empty && self.far.seq != id.seq {
+            // A newer far block replaces an older one; an older one is dropped.
+            if (id.seq.wrapping_sub(self.far.seq) as i32) < 0 {
+                self.stats.stale += 1;
+                return Ok(());
+            }
+            self.held -= self.far.held();
+            self.far.clear();
+        }
+        if self.far.state == SlotState::Empty {
+            if self.held + block_len > self.config.max_held_bytes {
+                self.stats.backlog += 1;
+                return Ok(());
+            }
+            self.far.start(id.seq, block_len, now);
+            self.held += block_len;
+        }
+        match self.far.add(block_len, offset, chunk, now) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(Placement::Duplicate) => {
+                self.stats.stale += 1;
+                return Ok(());
+            }
+            Err(Placement::Mismatch) => return Err(WireError::FragmentMismatch),
+        }
+        // Verify by restoring into scratch; only a block that checks out moves the window.
+        self.scratch.resize(MAX_AREA_LEN, 0);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let verdict = restore(
+            &mut self.decompressor,
+            id,
+            &self.far.buf[..block_len],
+            &mut scratch,
+        );
+        self.scratch = scratch;
+        if let Err(e) = verdict {
+            self.held -= self.far.held();
+            self.far.clear();
+            return Err(e);
+        }
+        // Give up the whole window and everything up to the far block.
+        let skipped = id.seq.wrapping_sub(self.next);
+        let mut given_up = 0u64;
+        for slot in &mut self.slots {
+            if slot.state == SlotState::Complete {
+                given_up += 1;
+            }
+            self.held -= slot.held();
+            slot.clear();
+        }
+        self.stats.gaps += u64::from(skipped) - given_up;
+        self.stats.stale += given_up;
+        self.next = id.seq;
+        let index = self.slot_index(id.seq);
+        std::mem::swap(&mut self.slots[index], &mut self.far);
+        Ok(())
+    }
+
+    fn slot_index(&self, seq: u32) -> usize {
+        (seq % WINDOW) as usize
+    }
+
+    /// Free bytes at the end of `ready` after compacting it.
+    fn ready_room(&mut self) -> usize {
+        if self.ready_start == self.ready_end {
+            self.ready_start = 0;
+            self.ready_end = 0;
+        } else if READY_CAP - self.ready_end < MAX_AREA_LEN && self.ready_start > 0 {
+            self.ready.copy_within(self.ready_start..self.ready_end, 0);
+            self.ready_end -= self.ready_start;
+            self.ready_start = 0;
+        }
+        READY_CAP - self.ready_end
+    }
+
+    /// Restores one block into the free end of `ready` and records it as received.
+    fn restore_into_ready(
+        &mut self,
+        now: Timestamp,
+        id: BlockId,
+        block: &[u8],
+    ) -> Result<(), WireError> {
+        let out = &mut self.ready[self.ready_end..];
+        let restored = restore(&mut self.decompressor, id, block, out)?;
+        self.ready_end += restored.area_len;
+        let counters = &mut self.stats.codecs[restored.codec.id() as usize];
+        counters.blocks += 1;
+        counters.area_bytes += restored.area_len as u64;
+        counters.body_bytes += restored.body_len as u64;
+        self.stats.blocks += 1;
+        self.record_received(now, id.seq);
+        Ok(())
+    }
+
+    /// Notes a restored block for the next ack.
+    fn record_received(&mut self, now: Timestamp, seq: u32) {
+        match self.largest {
+            None => {
+                self.largest = Some(seq);
+                self.received = 0;
+            }
+            Some(largest) => {
+                let ahead = seq.wrapping_sub(largest) as i32;
+                if ahead > 0 {
+                    let ahead = ahead as u32;
+                    self.received = if ahead > 64 {
+                        0
+                    } else {
+                        // Shift in the old largest as received.
+                        (self.received.checked_shl(ahead).unwrap_or(0)) | (1u64 << (ahead - 1))
+                    };
+                    self.largest = Some(seq);
+                } else if (-64..0).contains(&ahead) {
+                    self.received |= 1u64 << ((-ahead) as u32 - 1);
+                }
+            }
+        }
+        self.unacked += 1;
+        self.ack_due.get_or_insert(now + self.config.ack_delay);
+    }
+
+    /// Data arrived for a shard whose epoch is unknown: after the grace period, ask for one.
+    fn orphan(&mut self, now: Timestamp) {
+        let since = *self.orphan_since.get_or_insert(now);
+        let grace = self.config.reset_grace;
+        let waited = now.saturating_since(since) >= grace;
+        let spaced = self
+            .last_request
+            .is_none_or(|last| now.saturating_since(last) >= grace);
+        if waited && spaced && !self.request_pending {
+            self.request_pending = true;
+            self.last_request = Some(now);
+        }
+    }
+
+    /// Copies the next restored packet into `buf` and returns its length; `None` when no
+    /// packet is ready. `buf` should hold 65535 bytes: a packet that does not fit is dropped
+    /// and counted.
+    pub fn poll_packet(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let packet = self.next_packet()?;
+            if let Some(dst) = buf.get_mut(..packet.len()) {
+                dst.copy_from_slice(packet);
+                return Some(packet.len());
+            }
+            self.stats.short_buffer += 1;
+        }
+    }
+
+    /// The next restored packet, borrowed from the decoder (no copy); `None` when none is
+    /// ready.
+    pub fn next_packet(&mut self) -> Option<&[u8]> {
+        while self.ready_start >= self.ready_end {
+            if !self.release_next() {
+                return None;
+            }
+        }
+        // Entries in `ready` were validated when their block was restored.
+        let (packet, used) =
+            wire::next_area_entry(&self.ready[self.ready_start..self.ready_end]).ok()?;
+        let len = packet.len();
+        let start = self.ready_start + used - len;
+        self.ready_start += used;
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += len as u64;
+        Some(&self.ready[start..start + len])
+    }
+
+    /// Restores the block at `next` if it is complete. Returns false if there is none.
+    fn release_next(&mut self) -> bool {
+        loop {
+            let index = self.slot_index(self.next);
+            if self.slots[index].state != SlotState::Complete || self.slots[index].seq != self.next
+            {
+                return false;
+            }
+            self.ready_room();
+            let mut slot = std::mem::take(&mut self.slots[index]);
+            let id = BlockId {
+                shard: self.shard,
+                epoch: self.epoch.unwrap_or_default(),
+                seq: slot.seq,
+            };
+            let now = slot.since;
+            let result = self.restore_into_ready(now, id, &slot.buf[..slot.block_len]);
+            self.held -= slot.held();
+            slot.clear();
+            self.slots[index] = slot;
+            self.next = self.next.wrapping_add(1);
+            match result {
+                Ok(()) => return true,
+                Err(e) => self.stats.malformed[e.index()] += 1,
+            }
+        }
+    }
+
+    /// When [`Decoder::handle_timeout`] should next run: a waiting block's reorder deadline,
+    /// an incomplete block's reassembly deadline, or an ack that is due.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let mut deadline = self.ack_due;
+        let mut consider = |t: Timestamp| {
+            deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        };
+        if let Some(t) = self.reorder_deadline() {
+            consider(t);
+        }
+        for slot in self.slots.iter().chain(std::iter::once(&self.far)) {
+            if slot.state == SlotState::Partial {
+                consider(slot.since + self.config.reassembly_timeout);
+            }
+        }
+        deadline
+    }
+
+    /// When the oldest complete block waiting behind a gap stops waiting.
+    fn reorder_deadline(&self) -> Option<Timestamp> {
+        let head = &self.slots[self.slot_index(self.next)];
+        if head.state == SlotState::Complete && head.seq == self.next {
+            return None;
+        }
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Complete)
+            .map(|s| s.since + self.config.reorder_timeout)
+            .min()
+    }
+
+    /// Lets time pass: gives up gaps that held complete blocks back for `reorder_timeout`,
+    /// and incomplete blocks older than `reassembly_timeout`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        for slot in self.slots.iter_mut().chain(std::iter::once(&mut self.far)) {
+            if slot.state == SlotState::Partial
+                && now.saturating_since(slot.since) >= self.config.reassembly_timeout
+            {
+                self.held -= slot.held();
+                slot.clear();
+                self.stats.reassembly_timeouts += 1;
+            }
+        }
+        while self.reorder_deadline().is_some_and(|d| d <= now) {
+            // Skip to the first complete block; the window holds one, so this ends.
+            for _ in 0..WINDOW {
+                let index = self.slot_index(self.next);
+                let slot = &mut self.slots[index];
+                if slot.state == SlotState::Complete && slot.seq == self.next {
+                    break;
+                }
+                self.held -= slot.held();
+                slot.clear();
+                self.stats.gaps += 1;
+                self.next = self.next.wrapping_add(1);
+            }
+        }
+    }
+
+    /// Takes a reset from the peer's encoder. An announcement for this shard adopts its epoch:
+    /// blocks held for the old one are dropped (restored packets already waiting are kept:
+    /// they were verified).
+    pub fn handle_reset(&mut self, _now: Timestamp, reset: Reset) {
+        if reset.shard != self.shard || reset.kind != ResetKind::Announce {
+            return;
+        }
+        if self.epoch == Some(reset.epoch) {
+            return;
+        }
+        self.epoch = Some(reset.epoch);
+        self.next = 0;
+        for slot in self.slots.iter_mut().chain(std::iter::once(&mut self.far)) {
+            slot.clear();
+        }
+        self.held = 0;
+        self.largest = None;
+        self.received = 0;
+        self.unacked = 0;
+        self.ack_due = None;
+        self.orphan_since = None;
+        self.request_pending = false;
+        self.stats.epochs += 1;
+    }
+
+    /// Writes the next control message for the peer's encoder (a reset request or an ack)
+    /// into `buf` and returns its length; `None` if nothing is due at `now`. Control messages
+    /// must travel on a reliable, ordered path.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`wire::ACK_LEN`].
+    pub fn poll_control(&mut self, now: Timestamp, buf: &mut [u8]) -> Option<usize> {
+        if self.request_pending {
+            self.request_pending = false;
+            self.stats.reset_requests += 1;
+            let msg = Reset {
+                shard: self.shard,
+                epoch: self.epoch.unwrap_or(0),
+                kind: ResetKind::Request,
+            }
+            .encode();
+            buf[..msg.len()].copy_from_slice(&msg);
+            return Some(msg.len());
+        }
+        let epoch = self.epoch?;
+        let largest = self.largest?;
+        let due = self.unacked >= self.config.ack_every.max(1)
+            || (self.unacked > 0 && self.ack_due.is_some_and(|t| t <= now));
+        if !due {
+            return None;
+        }
+        self.unacked = 0;
+        self.ack_due = None;
+        self.stats.acks_sent += 1;
+        let msg = Ack {
+            id: BlockId {
+                shard: self.shard,
+                epoch,
+                seq: largest,
+            },
+            received: self.received,
+        }
+        .encode();
+        buf[..msg.len()].copy_from_slice(&msg);
+        Some(msg.len())
+    }
+}
+
+/// What [`restore`] found in a good block.
+struct Restored {
+    codec: super::compress::Codec,
+    area_len: usize,
+    body_len: usize,
+}
+
+/// Decompresses `block` into the front of `out` and checks it completely: exact length,
+/// checksum, entry framing and that every entry is an IP packet.
+fn restore(
+    decompressor: &mut Decompressor,
+    id: BlockId,
+    block: &[u8],
+    out: &mut [u8],
+) -> Result<Restored, WireError> {
+    let (header, body) = wire::parse_block(block)?;
+    let area = out
+        .get_mut(..header.area_len)
+        .ok_or(WireError::BadAreaLength)?;
+    decompressor
+        .decompress(header.codec, body, area)
+        .map_err(|_| WireError::Decompress)?;
+    if wire::area_checksum(id, area) != header.checksum {
+        return Err(WireError::Checksum);
+    }
+    let mut at = 0;
+    let mut count = 0;
+    while at < area.len() {
+        let (packet, used) = wire::next_area_entry(&area[at..])?;
+        packet::inspect(packet).map_err(|_| WireError::BadPacket)?;
+        at += used;
+        count += 1;
+    }
+    if count != header.packet_count {
+        return Err(WireError::BadPacketArea);
+    }
+    Ok(Restored {
+        codec: header.codec,
+        area_len: header.area_len,
+        body_len: body.len(),
+    })
+}

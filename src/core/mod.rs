@@ -21,6 +21,8 @@ pub mod stats;
 pub mod varint;
 pub mod wire;
 
+#[cfg(test)]
+mod sim;
 mod time;
 
 pub use decoder::{Decoder, DecoderConfig};
