@@ -26,7 +26,8 @@ use super::compress::Decompressor;
 use super::packet;
 use super::stats::DecoderStats;
 use super::wire::{
-    self, Ack, BlockId, MAX_AREA_LEN, MAX_BLOCK_LEN, Message, Reset, ResetKind, WireError,
+    self, Ack, AreaEntry, BlockId, MAX_AREA_LEN, MAX_BLOCK_LEN, Message, Reset, ResetKind,
+    WireError,
 };
 
 /// Sequence numbers the reorder window spans (the width of an ack's bitmap).
@@ -488,7 +489,7 @@ impl Decoder {
     /// and counted.
     pub fn poll_packet(&mut self, buf: &mut [u8]) -> Option<usize> {
         loop {
-            let packet = self.next_packet()?;
+            let packet = self.next_packet()?.packet;
             if let Some(dst) = buf.get_mut(..packet.len()) {
                 dst.copy_from_slice(packet);
                 return Some(packet.len());
@@ -497,23 +498,21 @@ impl Decoder {
         }
     }
 
-    /// The next restored packet, borrowed from the decoder (no copy); `None` when none is
-    /// ready.
-    pub fn next_packet(&mut self) -> Option<&[u8]> {
+    /// The next restored packet and its metadata, borrowed from the decoder (no copy);
+    /// `None` when none is ready.
+    pub fn next_packet(&mut self) -> Option<AreaEntry<'_>> {
         while self.ready_start >= self.ready_end {
             if !self.release_next() {
                 return None;
             }
         }
         // Entries in `ready` were validated when their block was restored.
-        let (packet, used) =
-            wire::next_area_entry(&self.ready[self.ready_start..self.ready_end]).ok()?;
-        let len = packet.len();
-        let start = self.ready_start + used - len;
+        let start = self.ready_start;
+        let (entry, used) = wire::next_area_entry(&self.ready[start..self.ready_end]).ok()?;
         self.ready_start += used;
         self.stats.packets_out += 1;
-        self.stats.bytes_out += len as u64;
-        Some(&self.ready[start..start + len])
+        self.stats.bytes_out += entry.packet.len() as u64;
+        Some(entry)
     }
 
     /// Restores the block at `next` if it is complete. Returns false if there is none.
@@ -699,8 +698,8 @@ fn restore(
     let mut at = 0;
     let mut count = 0;
     while at < area.len() {
-        let (packet, used) = wire::next_area_entry(&area[at..])?;
-        packet::inspect(packet).map_err(|_| WireError::BadPacket)?;
+        let (entry, used) = wire::next_area_entry(&area[at..])?;
+        packet::inspect(entry.packet).map_err(|_| WireError::BadPacket)?;
         at += used;
         count += 1;
     }

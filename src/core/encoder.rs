@@ -117,7 +117,7 @@ impl std::error::Error for ConfigError {}
 pub enum EncodeError {
     /// Not a well-formed IPv4/IPv6 packet.
     Malformed(packet::PacketError),
-    /// Longer than [`MAX_PACKET_LEN`].
+    /// Longer than [`MAX_PACKET_LEN`] (or metadata longer than [`wire::MAX_META_LEN`]).
     TooLarge,
     /// The queue holds `max_queue_bytes` already; the caller should send before reading more.
     QueueFull,
@@ -216,7 +216,7 @@ impl Encoder {
         if config.max_batch_bytes == 0 || config.max_batch_bytes > MAX_AREA_LEN {
             return Err(ConfigError::BatchSize);
         }
-        if config.max_queue_bytes < wire::area_entry_len(MAX_PACKET_LEN) {
+        if config.max_queue_bytes < wire::area_entry_len(MAX_PACKET_LEN, wire::MAX_META_LEN) {
             return Err(ConfigError::QueueSize);
         }
         let compressor = Compressor::new(config.zstd_level).map_err(|_| ConfigError::ZstdLevel)?;
@@ -270,7 +270,22 @@ impl Encoder {
     /// The packet is dropped, counted, and the reason returned: not IP, too large, or the
     /// queue is full (send what is queued first).
     pub fn handle_packet(&mut self, now: Timestamp, packet: &[u8]) -> Result<(), EncodeError> {
-        if packet.len() > MAX_PACKET_LEN {
+        self.handle_packet_with_meta(now, packet, &[])
+    }
+
+    /// Queues one IP packet with up to [`wire::MAX_META_LEN`] bytes of metadata that the
+    /// peer's decoder hands back with it (the IO layer keeps TUN offload details there).
+    ///
+    /// # Errors
+    /// As [`Encoder::handle_packet`]; metadata longer than the limit is
+    /// [`EncodeError::TooLarge`].
+    pub fn handle_packet_with_meta(
+        &mut self,
+        now: Timestamp,
+        packet: &[u8],
+        meta: &[u8],
+    ) -> Result<(), EncodeError> {
+        if packet.len() > MAX_PACKET_LEN || meta.len() > wire::MAX_META_LEN {
             self.stats.too_large += 1;
             return Err(EncodeError::TooLarge);
         }
@@ -281,7 +296,7 @@ impl Encoder {
                 return Err(EncodeError::Malformed(e));
             }
         };
-        let entry = wire::area_entry_len(packet.len());
+        let entry = wire::area_entry_len(packet.len(), meta.len());
         if self.queues[COMPRESS].pending() + self.queues[BYPASS].pending() + entry
             > self.config.max_queue_bytes
         {
@@ -299,7 +314,7 @@ impl Encoder {
             queue.area.clear();
             queue.start = 0;
         }
-        wire::push_area_entry(&mut queue.area, packet);
+        wire::push_area_entry(&mut queue.area, packet, meta);
         queue.oldest.get_or_insert(now);
         queue.pushed += 1;
         self.stats.packets_in += 1;

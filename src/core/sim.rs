@@ -757,20 +757,31 @@ proptest! {
             .enumerate()
             .map(|(i, &(kind, size))| sized_packet(kind, size, i as u32))
             .collect();
+        // Every third packet carries metadata (as GSO details would), which must come back
+        // with it.
+        let meta_of = |i: usize| -> Vec<u8> {
+            if i % 3 == 0 { (0..(i % 16) as u8).collect() } else { Vec::new() }
+        };
         let mut got = Vec::new();
-        for chunk in sent.chunks(burst) {
-            for p in chunk {
-                encoder.handle_packet(Timestamp::ZERO, p).unwrap();
+        let mut got_meta = Vec::new();
+        for (c, chunk) in sent.chunks(burst).enumerate() {
+            for (k, p) in chunk.iter().enumerate() {
+                let meta = meta_of(c * burst + k);
+                encoder.handle_packet_with_meta(Timestamp::ZERO, p, &meta).unwrap();
             }
             while let Some(n) = encoder.poll_datagram(Timestamp::ZERO, datagram_size, &mut buf) {
                 prop_assert!(n <= datagram_size);
                 let datagram = buf[..n].to_vec();
                 decoder.handle_datagram(Timestamp::ZERO, &datagram).unwrap();
             }
-            let mut out = vec![0u8; 65_535];
-            while let Some(n) = decoder.poll_packet(&mut out) {
-                got.push(out[..n].to_vec());
+            while let Some(entry) = decoder.next_packet() {
+                got.push(entry.packet.to_vec());
+                got_meta.push(entry.meta.to_vec());
             }
+        }
+        for (p, meta) in got.iter().zip(&got_meta) {
+            let i = sent.iter().position(|s| s == p).expect("delivered packet was sent");
+            prop_assert_eq!(meta, &meta_of(i), "metadata travels with its packet");
         }
         // One flow per (family, protocol) here; all share a queue unless bypassed, and a
         // lossless in-order link keeps the global order within each queue. Check per flow.

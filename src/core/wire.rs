@@ -47,8 +47,14 @@
 //! | 4      | checksum     | low 32 bits of xxh3-64 of the packet area, seeded with the block identity |
 //! | rest   | body         | the packet area, compressed with `codec` (raw: the area itself) |
 //!
-//! The **packet area** is `packet_count` entries of `varint length` (1..=65535) followed by that
-//! many bytes of one IP packet; it must be consumed exactly. The checksum covers the restored
+//! The **packet area** is `packet_count` entries, and must be consumed exactly. One entry:
+//!
+//! | size   | field    | meaning |
+//! |-------:|----------|---------|
+//! | 1      | meta_len | 0..=[`MAX_META_LEN`]: bytes of per-packet metadata that follow (high bits 0) |
+//! | meta_len | meta   | opaque to the core; the IO layer keeps TUN offload (GSO) details here so the far side writes a super-packet back |
+//! | varint | length   | 1..=65535 |
+//! | length | packet   | one IP packet | The checksum covers the restored
 //! area and, through its seed, the shard, epoch and sequence number, so a corrupted or
 //! misassembled block is detected and never delivered (the tunnel normally authenticates
 //! datagrams too; the checksum also guards against a decoder that restored the wrong bytes).
@@ -73,6 +79,7 @@
 //! |-------:|-----:|--------------|---------|
 //! | 2      | 4    | capabilities | bit set, [`Capabilities`]; unknown bits are ignored |
 //! | 6      | 1    | shards       | how many encoders (shards) the sender runs, 1..=255 |
+//! | 7      | 8    | instance     | random per process start: a new value means the peer restarted |
 //!
 //! # Bounds
 //!
@@ -98,8 +105,8 @@ pub const MAX_PACKET_LEN: usize = 65_535;
 /// batches of smaller packets are cut well before this by the encoder's batch limit.
 pub const MAX_AREA_LEN: usize = 66 * 1024;
 
-/// Most packets in one block: a full area of the smallest IP packets (20 bytes + 1 length byte)
-/// stays under it.
+/// Most packets in one block: a full area of the smallest IP packets (20 bytes + 2 bytes of
+/// entry framing) stays under it.
 pub const MAX_PACKETS_PER_BLOCK: usize = 4096;
 
 /// Longest block header: codec byte, two 4-byte varints, checksum.
@@ -123,7 +130,7 @@ pub const ACK_LEN: usize = 17;
 pub const RESET_LEN: usize = 6;
 
 /// Length of an encoded hello message.
-pub const HELLO_LEN: usize = 7;
+pub const HELLO_LEN: usize = 15;
 
 /// Message type, the second byte of every message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,6 +370,9 @@ pub struct Hello {
     pub capabilities: Capabilities,
     /// How many encoders the sender runs (1..=255).
     pub shards: u8,
+    /// Chosen at random when the sending process starts; a peer that sees a new value knows
+    /// the other side restarted (and drops what it held of the old one).
+    pub instance: u64,
 }
 
 /// One parsed message. Data and fragment messages borrow their payload from the input.
@@ -461,9 +471,11 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, WireError> {
             if shards == 0 {
                 return Err(WireError::BadShardCount);
             }
+            let instance = u64::from_be_bytes(b[7..15].try_into().expect("8 bytes"));
             Ok(Message::Hello(Hello {
                 capabilities,
                 shards,
+                instance,
             }))
         }
     }
@@ -536,16 +548,13 @@ impl Reset {
 impl Hello {
     /// Encodes this hello.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
-        let c = self.capabilities.0.to_be_bytes();
-        [
-            VERSION,
-            MessageType::Hello as u8,
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            self.shards,
-        ]
+        let mut out = [0u8; HELLO_LEN];
+        out[0] = VERSION;
+        out[1] = MessageType::Hello as u8;
+        out[2..6].copy_from_slice(&self.capabilities.0.to_be_bytes());
+        out[6] = self.shards;
+        out[7..15].copy_from_slice(&self.instance.to_be_bytes());
+        out
     }
 }
 
@@ -633,35 +642,58 @@ pub fn area_checksum(id: BlockId, area: &[u8]) -> u32 {
     xxhash_rust::xxh3::xxh3_64_with_seed(area, id.checksum_seed()) as u32
 }
 
-/// Appends one packet entry (length prefix and bytes) to a packet area.
+/// Most bytes of per-packet metadata an entry can carry.
+pub const MAX_META_LEN: usize = 15;
+
+/// Appends one packet entry (metadata, length prefix and bytes) to a packet area.
 ///
 /// # Panics
-/// If `packet` is empty or longer than [`MAX_PACKET_LEN`] (callers check first).
-pub fn push_area_entry(area: &mut Vec<u8>, packet: &[u8]) {
-    assert!(!packet.is_empty() && packet.len() <= MAX_PACKET_LEN);
+/// If `packet` is empty or longer than [`MAX_PACKET_LEN`], or `meta` is longer than
+/// [`MAX_META_LEN`] (callers check first).
+pub fn push_area_entry(area: &mut Vec<u8>, packet: &[u8], meta: &[u8]) {
+    assert!(!packet.is_empty() && packet.len() <= MAX_PACKET_LEN && meta.len() <= MAX_META_LEN);
+    area.push(meta.len() as u8);
+    area.extend_from_slice(meta);
     varint::push(area, packet.len() as u64);
     area.extend_from_slice(packet);
 }
 
-/// Bytes [`push_area_entry`] adds for a packet of `len` bytes.
-pub const fn area_entry_len(len: usize) -> usize {
-    varint::len(len as u64) + len
+/// Bytes [`push_area_entry`] adds for a packet of `len` bytes with `meta_len` bytes of
+/// metadata.
+pub const fn area_entry_len(len: usize, meta_len: usize) -> usize {
+    1 + meta_len + varint::len(len as u64) + len
 }
 
-/// Reads the next entry of a packet area: the packet and the bytes the entry used.
+/// One entry of a packet area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AreaEntry<'a> {
+    /// The IP packet.
+    pub packet: &'a [u8],
+    /// Its metadata (empty for plain packets).
+    pub meta: &'a [u8],
+}
+
+/// Reads the next entry of a packet area: the entry and the bytes it used.
 ///
 /// # Errors
-/// [`WireError::BadPacketArea`] if the prefix is truncated, zero, above [`MAX_PACKET_LEN`], or
-/// reaches past the area.
+/// [`WireError::BadPacketArea`] if the metadata length is above [`MAX_META_LEN`], the length
+/// prefix is truncated, zero or above [`MAX_PACKET_LEN`], or anything reaches past the area.
 #[inline]
-pub fn next_area_entry(area: &[u8]) -> Result<(&[u8], usize), WireError> {
-    let (len, n) = varint::read(area).map_err(|_| WireError::BadPacketArea)?;
+pub fn next_area_entry(area: &[u8]) -> Result<(AreaEntry<'_>, usize), WireError> {
+    let meta_len = usize::from(*area.first().ok_or(WireError::BadPacketArea)?);
+    if meta_len > MAX_META_LEN {
+        return Err(WireError::BadPacketArea);
+    }
+    let meta = area.get(1..1 + meta_len).ok_or(WireError::BadPacketArea)?;
+    let at = 1 + meta_len;
+    let (len, n) = varint::read(&area[at..]).map_err(|_| WireError::BadPacketArea)?;
     if len == 0 || len > MAX_PACKET_LEN as u64 {
         return Err(WireError::BadPacketArea);
     }
-    let end = n + len as usize;
-    let packet = area.get(n..end).ok_or(WireError::BadPacketArea)?;
-    Ok((packet, end))
+    let start = at + n;
+    let end = start + len as usize;
+    let packet = area.get(start..end).ok_or(WireError::BadPacketArea)?;
+    Ok((AreaEntry { packet, meta }, end))
 }
 
 #[cfg(test)]
@@ -681,14 +713,14 @@ mod tests {
         let header = BlockHeader {
             codec: Codec::Raw,
             packet_count: 1,
-            area_len: 21,
+            area_len: 24,
             checksum: 0xdead_beef,
         };
         let mut hdr = [0u8; MAX_BLOCK_HEADER_LEN];
         let n = header.write(&mut hdr);
         msg.extend_from_slice(&hdr[..n]);
         let mut area = Vec::new();
-        push_area_entry(&mut area, &[0x45; 20]);
+        push_area_entry(&mut area, &[0x45; 20], &[0x01, 0x02]);
         msg.extend_from_slice(&area);
         #[rustfmt::skip]
         let golden: &[u8] = &[
@@ -698,9 +730,10 @@ mod tests {
             0x0a, 0x0b, 0x0c, 0x0d, // seq
             0x00,                   // codec raw, no flags
             0x01,                   // one packet
-            0x15,                   // area 21 bytes
+            0x18,                   // area 24 bytes
             0xde, 0xad, 0xbe, 0xef, // checksum
-            0x14,                   // entry: 20 bytes
+            0x02, 0x01, 0x02,       // entry: two bytes of metadata
+            0x14,                   // entry: 20 bytes of packet
             0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45,
             0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45, 0x45,
         ];
@@ -712,8 +745,10 @@ mod tests {
         let (parsed, body) = parse_block(block).expect("valid block");
         assert_eq!(parsed, header);
         assert_eq!(body, &area[..]);
-        let (packet, used) = next_area_entry(body).expect("one entry");
-        assert_eq!((packet, used), (&[0x45u8; 20][..], 21));
+        let (entry, used) = next_area_entry(body).expect("one entry");
+        assert_eq!(entry.packet, &[0x45u8; 20][..]);
+        assert_eq!(entry.meta, &[0x01, 0x02][..]);
+        assert_eq!(used, 24);
     }
 
     #[test]
@@ -782,8 +817,16 @@ mod tests {
         let hello = Hello {
             capabilities: Capabilities::supported(),
             shards: 2,
+            instance: 0x0102_0304_0506_0708,
         };
-        assert_eq!(hello.encode(), [0x01, 0x05, 0x00, 0x00, 0x00, 0x03, 0x02]);
+        #[rustfmt::skip]
+        let golden = [
+            0x01, 0x05,             // version 1, hello
+            0x00, 0x00, 0x00, 0x03, // lz4 + zstd
+            0x02,                   // two shards
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // instance
+        ];
+        assert_eq!(hello.encode(), golden);
         assert_eq!(parse(&hello.encode()), Ok(Message::Hello(hello)));
     }
 
@@ -819,8 +862,18 @@ mod tests {
             (&[1, 3, 0, 0, 0, 0, 0, 0, 0, 0], WireError::Truncated),
             (&[1, 4, 0, 0, 0, 2], WireError::BadResetKind),
             (&[1, 4, 0, 0, 0, 0, 0], WireError::TrailingBytes),
-            (&[1, 5, 0, 0, 0, 0, 0], WireError::BadShardCount),
-            (&[1, 5, 0, 0, 0, 0], WireError::Truncated),
+            (
+                &[1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                WireError::BadShardCount,
+            ),
+            (
+                &[1, 5, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+                WireError::Truncated,
+            ),
+            (
+                &[1, 5, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                WireError::TrailingBytes,
+            ),
         ];
         assert!(!cases.is_empty());
         for (bytes, want) in cases {
@@ -859,19 +912,33 @@ mod tests {
 
     #[test]
     fn area_entries_are_bounded() {
-        assert_eq!(next_area_entry(&[]), Err(WireError::BadPacketArea));
-        assert_eq!(next_area_entry(&[0]), Err(WireError::BadPacketArea));
-        assert_eq!(next_area_entry(&[3, 1, 1]), Err(WireError::BadPacketArea));
-        // 70000 as a 4-byte varint: above the packet limit.
+        let bad: &[&[u8]] = &[
+            &[],
+            &[0],
+            &[0, 0],
+            &[0, 3, 1, 1],
+            &[16, 0, 1, 1],
+            &[2, 1],
+            // 70000 as a 4-byte varint: above the packet limit.
+            &[0, 0x80, 0x01, 0x11, 0x70],
+        ];
+        assert!(!bad.is_empty());
+        for entry in bad {
+            assert_eq!(
+                next_area_entry(entry),
+                Err(WireError::BadPacketArea),
+                "{entry:02x?}"
+            );
+        }
+        assert_eq!(area_entry_len(20, 0), 22);
+        assert_eq!(area_entry_len(1400, 0), 1403);
+        assert_eq!(area_entry_len(1400, 4), 1407);
         assert_eq!(
-            next_area_entry(&[0x80, 0x01, 0x11, 0x70]),
-            Err(WireError::BadPacketArea)
+            area_entry_len(MAX_PACKET_LEN, MAX_META_LEN),
+            MAX_PACKET_LEN + 20
         );
-        assert_eq!(area_entry_len(20), 21);
-        assert_eq!(area_entry_len(1400), 1402);
-        assert_eq!(area_entry_len(MAX_PACKET_LEN), MAX_PACKET_LEN + 4);
-        const { assert!(area_entry_len(MAX_PACKET_LEN) <= MAX_AREA_LEN) };
-        const { assert!(MAX_PACKETS_PER_BLOCK * area_entry_len(20) >= MAX_AREA_LEN) };
+        const { assert!(area_entry_len(MAX_PACKET_LEN, MAX_META_LEN) <= MAX_AREA_LEN) };
+        const { assert!(MAX_PACKETS_PER_BLOCK * area_entry_len(20, 0) >= MAX_AREA_LEN) };
     }
 
     const GOLDEN_CHECKSUM: u32 = 0x9b33_e7db;
