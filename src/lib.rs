@@ -7,6 +7,11 @@
 //!   [`core::Encoder`] / [`core::Decoder`] pair that turns IP packets into WAN datagrams and back.
 //!   It takes time as a parameter and never touches sockets, files, the environment or a clock.
 //! - Everything else is the IO layer (configuration, TUN device, transports, runtime), which
-//!   drives the core.
+//!   drives the core:
+//!   - [`tun`]: the TUN device, one queue per shard, with virtio-net offload so GSO
+//!     super-packets cross the tunnel whole ([`tun::GsoMeta`] carries their metadata);
+//!   - [`netlink`]: link up, MTU, addresses and routes through the device, and their removal.
 
 pub mod core;
+pub mod netlink;
+pub mod tun;
