@@ -7,6 +7,8 @@
 //!   [`core::Encoder`] / [`core::Decoder`] pair that turns IP packets into WAN datagrams and back.
 //!   It takes time as a parameter and never touches sockets, files, the environment or a clock.
 //! - Everything else is the IO layer (configuration, TUN device, transports, runtime), which
-//!   drives the core.
+//!   drives the core:
+//!   - [`identity`]: key and certificate generation and loading, certificate fingerprints.
 
 pub mod core;
+pub mod identity;
