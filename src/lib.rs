@@ -9,6 +9,9 @@
 //! - Everything else is the IO layer (configuration, TUN device, transports, runtime), which
 //!   drives the core:
 //!   - [`identity`]: key and certificate generation and loading, certificate fingerprints.
+//!   - [`config`]: `peers.toml` loaded into validated [`config::Settings`], and the routing
+//!     rule that maps a destination address to a peer.
 
+pub mod config;
 pub mod core;
 pub mod identity;
