@@ -201,11 +201,13 @@ pub enum ValueError {
 }
 
 /// Why a config file was refused. Every case names the file; all but [`ConfigError::Read`]
-/// and [`ConfigError::Syntax`] name the key too (see [`ConfigError::key`]).
+/// and [`ConfigError::Syntax`] name the key too (see [`ConfigError::key`]). Where an
+/// underlying error exists it is the [`source`](std::error::Error::source), so print the
+/// whole chain (`{:#}` with anyhow).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("{file}: cannot read the config file: {source}")]
+    #[error("{file}: cannot read the config file")]
     Read {
         /// The config file.
         file: PathBuf,
@@ -244,14 +246,16 @@ pub enum ConfigError {
         /// What is wrong.
         problem: ValueError,
     },
-    /// The key or certificate file a key names is unusable.
-    #[error("{file}: {key}: {problem}")]
+    /// The key or certificate file a key names is unusable; the
+    /// [`source`](std::error::Error::source) says why.
+    #[error("{file}: {key}")]
     Identity {
         /// The config file.
         file: PathBuf,
         /// The key (`interface.key` or `interface.certificate`).
         key: String,
         /// What is wrong with the file it names.
+        #[source]
         problem: IdentityError,
     },
     /// Two peers have the same name.
@@ -1228,9 +1232,12 @@ impl Loader<'_> {
                 };
             }
         }
-        let origin = match &err.metadata {
-            Some(metadata) => self.origin_of(metadata, path.iter().map(String::as_str).collect()),
-            None => Origin::File,
+        let origin = match (&err.metadata, &err.kind) {
+            // The metadata is the enclosing table's, which says nothing about the absent key.
+            (_, Kind::MissingField(_)) | (None, _) => Origin::File,
+            (Some(metadata), _) => {
+                self.origin_of(metadata, path.iter().map(String::as_str).collect())
+            }
         };
         let mut key = prefix.to_owned();
         for part in &path {
@@ -1247,6 +1254,10 @@ impl Loader<'_> {
                 )
             }
             Kind::MissingField(_) => "required key is missing".to_owned(),
+            // Name the expected shape, not our private raw struct.
+            Kind::InvalidType(actual, expected) if expected.starts_with("struct ") => {
+                format!("invalid type: found {actual}, expected a table")
+            }
             kind => kind.to_string(),
         };
         ConfigError::Schema {

@@ -33,7 +33,8 @@ const CERT_NAME: &str = "sluice";
 /// Permission bits a key file must not have: any access by group or others.
 const KEY_FORBIDDEN_MODE: u32 = 0o077;
 
-/// Why an identity operation failed.
+/// Why an identity operation failed. Underlying OS and rcgen errors are exposed as
+/// [`source`](std::error::Error::source), not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// `keygen` found a file where it would write one.
@@ -43,7 +44,7 @@ pub enum IdentityError {
         path: PathBuf,
     },
     /// Creating or writing a file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file being written.
         path: PathBuf,
@@ -51,7 +52,7 @@ pub enum IdentityError {
         source: io::Error,
     },
     /// Reading a file failed (most often: it does not exist).
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file being read.
         path: PathBuf,
@@ -59,7 +60,7 @@ pub enum IdentityError {
         source: io::Error,
     },
     /// rcgen could not generate the key or certificate.
-    #[error("cannot generate a key pair and certificate: {source}")]
+    #[error("cannot generate a key pair and certificate")]
     Generate {
         /// What rcgen said.
         source: rcgen::Error,

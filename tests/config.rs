@@ -48,6 +48,18 @@ allowed_ips = ["10.30.0.0/16", "fd30::/48"]
     )
 }
 
+/// The error's message followed by those of its sources, as the binary prints it.
+fn full_message(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
 /// A folder holding a fresh identity and `peers.toml` with `text`.
 struct Site {
     dir: tempfile::TempDir,
@@ -424,7 +436,7 @@ fn each_broken_file_fails_naming_file_and_key() {
             Ok(_) => panic!("{}: loaded", case.name),
             Err(err) => err,
         };
-        let message = err.to_string();
+        let message = full_message(&err);
         assert_eq!(err.file(), site.config(), "{}: {message}", case.name);
         assert!(
             message.starts_with(&site.config().display().to_string()),
@@ -483,7 +495,7 @@ fn a_key_that_belongs_to_another_certificate_is_refused() {
     fs::copy(&generated.key_path, site.dir.path().join("key.pem")).unwrap();
     let err = site.load(&[]).unwrap_err();
     assert_eq!(err.key(), Some("interface.key"), "{err}");
-    assert!(err.to_string().contains("not the private key"), "{err}");
+    assert!(full_message(&err).contains("not the private key"), "{err}");
 }
 
 /// The shipped example, copied next to a fresh identity (its key and certificate paths are
