@@ -11,7 +11,12 @@
 //!   - [`tun`]: the TUN device, one queue per shard, with virtio-net offload so GSO
 //!     super-packets cross the tunnel whole ([`tun::GsoMeta`] carries their metadata);
 //!   - [`netlink`]: link up, MTU, addresses and routes through the device, and their removal.
+//!   - [`identity`]: key and certificate generation and loading, certificate fingerprints.
+//!   - [`config`]: `peers.toml` loaded into validated [`config::Settings`], and the routing
+//!     rule that maps a destination address to a peer.
 
+pub mod config;
 pub mod core;
+pub mod identity;
 pub mod netlink;
 pub mod tun;
