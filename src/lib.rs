@@ -7,6 +7,8 @@
 //!   [`core::Encoder`] / [`core::Decoder`] pair that turns IP packets into WAN datagrams and back.
 //!   It takes time as a parameter and never touches sockets, files, the environment or a clock.
 //! - Everything else is the IO layer (configuration, TUN device, transports, runtime), which
-//!   drives the core.
+//!   drives the core. [`transport`] is the QUIC link between two gateways: mutual TLS 1.3
+//!   pinned to certificate digests, datagrams for packet batches, one control stream.
 
 pub mod core;
+pub mod transport;
