@@ -14,9 +14,12 @@
 //!   - [`identity`]: key and certificate generation and loading, certificate fingerprints.
 //!   - [`config`]: `peers.toml` loaded into validated [`config::Settings`], and the routing
 //!     rule that maps a destination address to a peer.
+//!   - [`transport`]: the QUIC link between two gateways: mutual TLS 1.3 pinned to
+//!     certificate digests, datagrams for packet batches, one control stream.
 
 pub mod config;
 pub mod core;
 pub mod identity;
 pub mod netlink;
+pub mod transport;
 pub mod tun;
