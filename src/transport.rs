@@ -407,21 +407,23 @@ pub async fn connect(
     }
 }
 
-/// Waits for the next incoming connection and completes its handshake; returns the connection
-/// with the digest of the certificate the peer presented.
-///
-/// Handshakes are completed one at a time: a slow handshake delays the next accept by at most
-/// the idle timeout. A gateway has a handful of peers, so this keeps the API simple.
-///
-/// Returns `None` once the endpoint is closed. Dropping the future mid-handshake abandons that
-/// one connection attempt (the peer retries); the endpoint is unaffected.
+/// Waits for the next incoming connection attempt, before any handshake work. Hand it to
+/// [`handshake`], ideally on its own task, so one slow or hostile handshake never holds up the
+/// next peer.
+pub async fn incoming(endpoint: &Endpoint) -> Option<quinn::Incoming> {
+    endpoint.quic.accept().await
+}
+
+/// Runs the handshake of an incoming connection: mutual TLS 1.3 with the client's certificate
+/// checked against the allowed digests. Returns the connection and the peer's digest.
 ///
 /// # Errors
-/// [`TransportError::PeerRejected`] with the presented digest if the client's certificate is not
-/// in the allowed set (also logged), [`TransportError::Handshake`] for any other failure. The
-/// endpoint keeps accepting after an error.
-pub async fn accept(endpoint: &Endpoint) -> Option<Result<(Connection, [u8; 32]), TransportError>> {
-    let incoming = endpoint.quic.accept().await?;
+/// [`TransportError::PeerRejected`] (with the presented digest) for an unknown certificate,
+/// or the handshake's own failure.
+pub async fn handshake(
+    endpoint: &Endpoint,
+    incoming: quinn::Incoming,
+) -> Result<(Connection, [u8; 32]), TransportError> {
     let addr = incoming.remote_address();
     let rejected = Arc::new(OnceLock::new());
     let config = match endpoint
@@ -431,20 +433,39 @@ pub async fn accept(endpoint: &Endpoint) -> Option<Result<(Connection, [u8; 32])
         Ok(config) => config,
         Err(error) => {
             incoming.refuse();
-            return Some(Err(error));
+            return Err(error);
         }
     };
     let outcome = match incoming.accept_with(Arc::new(config)) {
         Ok(connecting) => connecting.await,
         Err(source) => Err(source),
     };
-    Some(match outcome {
+    match outcome {
         Ok(connection) => match peer_digest(&connection) {
             Some(digest) => Ok((connection, digest)),
             None => Err(TransportError::NoPeerCertificate { addr }),
         },
         Err(source) => Err(handshake_error(addr, &rejected, source)),
-    })
+    }
+}
+
+/// Waits for the next incoming connection and completes its handshake; returns the connection
+/// with the digest of the certificate the peer presented.
+///
+/// Handshakes are completed one at a time: a slow handshake delays the next accept by at most
+/// the idle timeout. The gateway uses [`incoming`] and [`handshake`] instead, one task per
+/// handshake, so a flood of bogus handshakes cannot hold up a real peer.
+///
+/// Returns `None` once the endpoint is closed. Dropping the future mid-handshake abandons that
+/// one connection attempt (the peer retries); the endpoint is unaffected.
+///
+/// # Errors
+/// [`TransportError::PeerRejected`] with the presented digest if the client's certificate is not
+/// in the allowed set (also logged), [`TransportError::Handshake`] for any other failure. The
+/// endpoint keeps accepting after an error.
+pub async fn accept(endpoint: &Endpoint) -> Option<Result<(Connection, [u8; 32]), TransportError>> {
+    let incoming = incoming(endpoint).await?;
+    Some(handshake(endpoint, incoming).await)
 }
 
 /// Digest of the end-entity certificate the peer presented on `connection`, if any.

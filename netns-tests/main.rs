@@ -1,0 +1,311 @@
+//! End-to-end tests: two sluice gateways between two LANs in network namespaces, with real
+//! programs (ping, curl against an HTTP server, UDP sockets) through the tunnel.
+//!
+//! They need root, `/dev/net/tun` and iproute2. Without them every test prints why it was
+//! skipped; with `CI=true` a skip fails the test. They run one at a time (a lock), because
+//! the machine has two cores and the transfers measure bytes on the WAN link.
+
+mod harness;
+mod sites;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use harness::{Topology, addr, require_root, sha256};
+use sites::Options;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the lock that keeps netns tests from running side by side.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[test]
+fn ping_both_ways_ipv4_and_ipv6() {
+    if !require_root("ping_both_ways_ipv4_and_ipv6") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("ping");
+    let _g = sites::up(&topo, Options::default());
+    for (from, to) in [
+        (&topo.lan_a, addr::LAN_B),
+        (&topo.lan_b, addr::LAN_A),
+        (&topo.lan_a, addr::LAN_B6),
+        (&topo.lan_b, addr::LAN_A6),
+    ] {
+        let out = topo.try_exec(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", to]);
+        assert!(
+            out.status.success(),
+            "ping {to} from {from} failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn http_transfers_of_real_files_are_byte_exact_both_ways() {
+    if !require_root("http_transfers_of_real_files_are_byte_exact_both_ways") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("http");
+    let _g = sites::up(&topo, Options::default());
+    let served = topo.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let docs = sites::text_corpus(&served, 50_000_000);
+    let docs_sum = sha256(&docs);
+    let size = std::fs::metadata(&docs).unwrap().len();
+    assert!(size >= 50_000_000, "corpus is {size} bytes");
+
+    // lanB serves, lanA fetches.
+    let _server_b = sites::http_server(&topo, &topo.lan_b, &served, addr::LAN_B);
+    let got = topo.dir.join("got-a.tar");
+    sites::fetch(&topo, &topo.lan_a, "http://10.2.0.2:8080/docs.tar", &got);
+    assert_eq!(sha256(&got), docs_sum, "lanA received the exact bytes");
+
+    // lanA serves, lanB fetches, over IPv6 this time.
+    let _server_a = sites::http_server(&topo, &topo.lan_a, &served, addr::LAN_A6);
+    let got = topo.dir.join("got-b.tar");
+    sites::fetch(&topo, &topo.lan_b, "http://[fd01::2]:8080/docs.tar", &got);
+    assert_eq!(sha256(&got), docs_sum, "lanB received the exact bytes");
+}
+
+#[test]
+fn udp_datagrams_arrive_intact() {
+    if !require_root("udp_datagrams_arrive_intact") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("udp");
+    let _g = sites::up(&topo, Options::default());
+    // A receiver in lanB that records a digest of every datagram; a sender in lanA that sends
+    // datagrams of many sizes (1 .. 8000 bytes: the big ones are IP-fragmented by the sender
+    // and must survive the tunnel too), paced so nothing is lost to socket buffers.
+    let script = topo.dir.join("udp.py");
+    std::fs::write(&script, UDP_SCRIPT).unwrap();
+    let script = script.to_string_lossy().into_owned();
+    let mut receiver = topo.spawn(
+        &topo.lan_b,
+        &["python3", &script, "recv", addr::LAN_B, "9999", "400"],
+        "udp-recv.log",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = topo.exec(
+        &topo.lan_a,
+        &["python3", &script, "send", addr::LAN_B, "9999", "400"],
+    );
+    let code = receiver.wait_exit(Duration::from_secs(20));
+    let received = topo.log("udp-recv.log");
+    assert_eq!(code, Some(Some(0)), "receiver finished: {received}");
+    assert_eq!(
+        received.trim(),
+        sent.trim(),
+        "every datagram arrived with the same bytes"
+    );
+}
+
+const UDP_SCRIPT: &str = r#"
+import hashlib, socket, sys, time
+mode, host, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def payload(i):
+    size = 1 + (i * 7919) % 8000
+    seed = hashlib.sha256(str(i).encode()).digest()
+    return (seed * (size // 32 + 1))[:size]
+if mode == "send":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    digest = hashlib.sha256()
+    for i in range(count):
+        p = payload(i)
+        s.sendto(p, (host, port))
+        digest.update(p)
+        time.sleep(0.002)
+    print(count, digest.hexdigest())
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    s.settimeout(15)
+    digest = hashlib.sha256()
+    got = 0
+    while got < count:
+        data, _ = s.recvfrom(65535)
+        if data != payload(got):
+            print("datagram", got, "differs or arrived out of order", flush=True)
+            sys.exit(1)
+        digest.update(data)
+        got += 1
+    print(count, digest.hexdigest(), flush=True)
+"#;
+
+#[test]
+fn wan_bytes_shrink_for_text_and_barely_grow_for_random_data() {
+    if !require_root("wan_bytes_shrink_for_text_and_barely_grow_for_random_data") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("ratio");
+    let _g = sites::up(&topo, Options::default());
+    let served = topo.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let docs = sites::text_corpus(&served, 20_000_000);
+    let random = sites::random_file(&served, "random.bin", 20_000_000);
+    let _server = sites::http_server(&topo, &topo.lan_b, &served, addr::LAN_B);
+
+    for (file, url, limit) in [
+        (&docs, "http://10.2.0.2:8080/docs.tar", 0.6),
+        (&random, "http://10.2.0.2:8080/random.bin", 1.06),
+    ] {
+        let payload = std::fs::metadata(file).unwrap().len();
+        let before = topo.wan_bytes();
+        let got = topo.dir.join("got");
+        sites::fetch(&topo, &topo.lan_a, url, &got);
+        let wan = topo.wan_bytes() - before;
+        assert_eq!(sha256(&got), sha256(file));
+        let ratio = wan as f64 / payload as f64;
+        eprintln!("{url}: {wan} WAN bytes for {payload} payload bytes: {ratio:.3}");
+        assert!(
+            ratio < limit,
+            "{url}: WAN/payload {ratio:.3} is not below {limit}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_with_the_wrong_certificate_gets_nothing_through() {
+    if !require_root("a_peer_with_the_wrong_certificate_gets_nothing_through") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("cert");
+    let opts = Options::default();
+    let a = sites::keygen(&topo, "a");
+    let b = sites::keygen(&topo, "b");
+    let mallory = sites::keygen(&topo, "m");
+    // A pins B; B's gateway runs with Mallory's key instead (B's config pins A correctly).
+    sites::write_config(&a, true, &b.fingerprint, &opts);
+    sites::write_config(&mallory, false, &a.fingerprint, &opts);
+    let _gw_a = sites::start(&topo, &topo.gw_a, &a, &opts, "gw-a.log");
+    let _gw_m = sites::start(&topo, &topo.gw_b, &mallory, &opts, "gw-m.log");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!topo.ping_ok(&topo.lan_a, addr::LAN_B), "no packet through A->B");
+    assert!(!topo.ping_ok(&topo.lan_b, addr::LAN_A), "no packet through B->A");
+    let log_a = topo.log("gw-a.log");
+    let presented = mallory.fingerprint.trim_start_matches("sha256:");
+    assert!(
+        log_a.contains(presented),
+        "gateway A logs the fingerprint it was shown ({presented}):\n{log_a}"
+    );
+    let status = sites::status(&topo, &topo.gw_a, &a);
+    assert!(
+        !status.contains("connected") || status.contains("not connected") || status.contains("connecting"),
+        "status shows no connection:\n{status}"
+    );
+}
+
+#[test]
+fn oversize_df_packets_get_frag_needed_and_pmtu_works() {
+    if !require_root("oversize_df_packets_get_frag_needed_and_pmtu_works") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("pmtu");
+    let _g = sites::up(&topo, Options::default());
+    let mtu: usize = topo
+        .exec(&topo.gw_a, &["cat", "/sys/class/net/sluice0/mtu"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1280..1500).contains(&mtu), "tunnel MTU {mtu}");
+    // 28 bytes of IPv4 + ICMP header: this payload makes a packet one byte too big.
+    let too_big = (mtu - 28 + 1).to_string();
+    let out = topo.try_exec(
+        &topo.lan_a,
+        &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", &too_big, addr::LAN_B],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an oversize DF ping does not pass");
+    assert!(
+        text.contains("Frag needed") || text.contains("mtu") || text.contains("Message too long"),
+        "the sender learns the path MTU: {text}"
+    );
+    // Now the sender knows the MTU: a fitting DF ping passes and so does a TCP transfer.
+    let fits = (mtu - 28).to_string();
+    assert!(
+        topo.try_exec(
+            &topo.lan_a,
+            &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", &fits, addr::LAN_B]
+        )
+        .status
+        .success()
+    );
+    let served = topo.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let file = sites::random_file(&served, "r.bin", 3_000_000);
+    let _server = sites::http_server(&topo, &topo.lan_b, &served, addr::LAN_B);
+    let got = topo.dir.join("got");
+    sites::fetch(&topo, &topo.lan_a, "http://10.2.0.2:8080/r.bin", &got);
+    assert_eq!(sha256(&got), sha256(&file));
+}
+
+#[test]
+fn packets_from_outside_allowed_ips_are_dropped() {
+    if !require_root("packets_from_outside_allowed_ips_are_dropped") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("spoof");
+    let g = sites::up(&topo, Options::default());
+    // lanB gets a second address outside what gateway A allows for site B, and pings lanA
+    // from it. Gateway B forwards it into the tunnel; gateway A must drop it.
+    topo.exec(&topo.lan_b, &["ip", "addr", "add", "10.77.0.1/32", "dev", "eth0"]);
+    topo.exec(&topo.gw_b, &["ip", "route", "add", "10.77.0.1/32", "via", addr::LAN_B]);
+    assert!(topo.ping_ok(&topo.lan_b, addr::LAN_A), "the allowed source works");
+    let spoofed = topo.try_exec(
+        &topo.lan_b,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.77.0.1", addr::LAN_A],
+    );
+    assert!(!spoofed.status.success(), "a source outside allowed_ips gets nothing through");
+    let status = sites::status(&topo, &topo.gw_a, &g.a);
+    assert!(
+        status.contains("source not allowed"),
+        "gateway A counts the drops:\n{status}"
+    );
+}
+
+#[test]
+fn sigterm_cleans_up_and_a_killed_gateway_comes_back() {
+    if !require_root("sigterm_cleans_up_and_a_killed_gateway_comes_back") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("life");
+    let mut g = sites::up(&topo, Options::default());
+
+    // kill -9 gateway B, restart it: traffic flows again within 5 s, A untouched.
+    g.gw_b.signal("KILL");
+    assert!(g.gw_b.wait_exit(Duration::from_secs(2)).is_some());
+    // The device of a killed process disappears with its file descriptor.
+    let restarted = Instant::now();
+    g.gw_b = sites::start(&topo, &topo.gw_b, &g.b, &g.opts, "gw-b2.log");
+    let back = topo.wait_for(Duration::from_secs(5), || topo.ping_ok(&topo.lan_a, addr::LAN_B));
+    assert!(
+        back.is_some(),
+        "traffic resumed within 5 s of the restart ({:?})\n--- gw-a\n{}\n--- gw-b2\n{}",
+        restarted.elapsed(),
+        topo.log("gw-a.log"),
+        topo.log("gw-b2.log")
+    );
+    assert!(g.gw_a.is_running(), "gateway A was not restarted");
+
+    // SIGTERM: exits 0 within 2 s, leaves no device and no route.
+    g.gw_a.signal("TERM");
+    let code = g.gw_a.wait_exit(Duration::from_secs(2));
+    assert_eq!(code, Some(Some(0)), "gateway A exits 0 within 2 s:\n{}", topo.log("gw-a.log"));
+    assert!(!topo.has_link(&topo.gw_a, "sluice0"), "device removed");
+    assert!(
+        topo.routes_matching(&topo.gw_a, "sluice0").is_empty(),
+        "routes removed: {:?}",
+        topo.routes_matching(&topo.gw_a, "sluice0")
+    );
+}

@@ -1,0 +1,374 @@
+//! The gateway: TUN device, shards, QUIC sessions and the control socket, wired together.
+//!
+//! [`run`] takes its whole world as arguments (settings, a shutdown token) so tests can
+//! start two gateways in one process. Start-up order: load the identity, create the TUN
+//! device and its queues, add addresses and routes, bind the QUIC endpoint, start the shards
+//! (under a supervisor that restarts a panicked shard with fresh state), the peer sessions,
+//! the accept loop and the control socket, then tell systemd it is ready. Shutdown reverses
+//! it: shards flush, connections close, routes go, the device is deleted.
+
+pub mod counters;
+pub mod peers;
+pub mod session;
+pub mod shard;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Settings, Shards};
+use crate::core::encoder::Compression;
+use crate::core::wire::{Capabilities, Hello};
+use crate::core::{DecoderConfig, EncoderConfig};
+use crate::transport::{self, Tuning};
+use counters::{ShardCounters, Totals};
+use peers::{Peer, Peers};
+use session::SessionStatus;
+use shard::{Command, Shard};
+
+/// Commands queued per shard before senders wait (datagram readers drop instead).
+const SHARD_QUEUE: usize = 4096;
+
+/// Longest shutdown waits for shards to flush and connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+
+/// Bytes one tunnel datagram spends on everything but the inner packet, for the MTU math in
+/// the README: UDP 8, QUIC short header 1 + 8 (connection id) + 4 (packet number), AEAD tag
+/// 16, DATAGRAM frame 1 + 2, sluice data header 9, block header up to 8 (codec 1, count 1,
+/// length 2, checksum 4), packet length prefix 2, GSO metadata length 1.
+pub const TUNNEL_OVERHEAD: usize = 8 + 13 + 16 + 3 + 9 + 8 + 2 + 1;
+
+/// The TUN MTU for `mtu = "auto"`: the largest inner packet that still fits one WAN datagram
+/// uncompressed, given the WAN MTU and the IP version of the WAN path.
+pub fn auto_mtu(wan_mtu: u16, wan_ipv6: bool) -> u16 {
+    let ip = if wan_ipv6 { 40 } else { 20 };
+    let mtu = usize::from(wan_mtu).saturating_sub(ip + TUNNEL_OVERHEAD);
+    mtu.clamp(1280, 65_535) as u16
+}
+
+/// Everything `sluice status` reads.
+pub struct State {
+    pub interface: String,
+    pub mtu: u16,
+    pub shards: usize,
+    pub peers: Arc<Peers>,
+    pub sessions: Vec<Arc<SessionStatus>>,
+    /// `counters[shard][peer]`.
+    pub counters: Vec<Vec<Arc<ShardCounters>>>,
+    pub started: Instant,
+}
+
+impl State {
+    /// Counters of peer `peer`, summed over shards.
+    pub fn totals(&self, peer: usize) -> Totals {
+        let mut t = Totals::default();
+        for shard in &self.counters {
+            t.add(&shard[peer]);
+        }
+        t
+    }
+}
+
+/// Runs the gateway until `shutdown` fires, then cleans up.
+///
+/// # Errors
+/// Start-up failures (identity, device, addresses, routes, socket), with context naming
+/// what failed.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let identity = crate::identity::load(&settings)?;
+    let digest = *identity.fingerprint.digest();
+    let shards = match settings.interface.shards {
+        Shards::Auto => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
+        Shards::Count(n) => usize::from(n),
+    };
+    let peer_list: Vec<Peer> = settings
+        .peers
+        .iter()
+        .map(|p| Peer {
+            name: p.name.clone(),
+            fingerprint: p.fingerprint,
+            allowed_ips: p.allowed_ips.clone(),
+            endpoint: p.endpoint,
+        })
+        .collect();
+    let wan_ipv6 = peer_list
+        .iter()
+        .filter_map(|p| p.endpoint)
+        .any(|e| e.is_ipv6())
+        || settings.interface.listen.is_some_and(|l| l.is_ipv6());
+    let mtu = settings
+        .interface
+        .mtu
+        .unwrap_or_else(|| auto_mtu(settings.interface.wan_mtu, wan_ipv6));
+    let peers = Arc::new(Peers::new(peer_list));
+
+    // The device and its addresses and routes.
+    let tun = crate::tun::Tun::create(&crate::tun::TunConfig {
+        name: settings.interface.name.clone(),
+        mtu,
+        queues: shards,
+        offload: true,
+    })
+    .await
+    .with_context(|| format!("creating TUN device {}", settings.interface.name))?;
+    let net = crate::netlink::Netlink::connect()
+        .await
+        .context("opening netlink")?;
+    let index = tun.index();
+    for addr in &settings.interface.address {
+        net.add_address(index, *addr)
+            .await
+            .with_context(|| format!("adding address {addr}"))?;
+    }
+    net.set_up(index).await.context("bringing the device up")?;
+    let mut routes = Vec::new();
+    if settings.interface.routes {
+        for peer in peers.iter() {
+            for cidr in &peer.allowed_ips {
+                // A peer's own tunnel address is already on-link through the interface
+                // address; adding it again is harmless but would fail as a duplicate.
+                match net.add_route(index, *cidr).await {
+                    Ok(()) => routes.push(*cidr),
+                    Err(e) => tracing::warn!(%cidr, error = %e, "route not added"),
+                }
+            }
+        }
+    }
+
+    // QUIC.
+    let listen = settings.interface.listen.unwrap_or_else(|| {
+        if wan_ipv6 {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        }
+    });
+    let tuning = Tuning {
+        wan_mtu: settings.interface.wan_mtu,
+        ..Tuning::default()
+    };
+    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| *p.fingerprint.digest()).collect();
+    let endpoint = Arc::new(
+        transport::endpoint(
+            listen,
+            transport::Identity {
+                certificate: identity.certificate.clone(),
+                private_key: identity.private_key.der().clone_key(),
+            },
+            allowed,
+            &tuning,
+        )
+        .with_context(|| format!("binding QUIC on {listen}"))?,
+    );
+
+    // Shards.
+    let encoder_config = EncoderConfig {
+        compression: match settings.optimize.compression {
+            crate::config::Compression::Off => Compression::Off,
+            crate::config::Compression::Lz4 => Compression::Lz4,
+            crate::config::Compression::Zstd => Compression::Zstd,
+            crate::config::Compression::Auto => Compression::Auto,
+        },
+        zstd_level: settings.optimize.zstd_level,
+        max_delay: settings.optimize.max_delay,
+        packet_meta: tun.offload(),
+        ..EncoderConfig::default()
+    };
+    let counters: Vec<Vec<Arc<ShardCounters>>> = (0..shards)
+        .map(|_| (0..peers.len()).map(|_| Arc::default()).collect())
+        .collect();
+    let sessions: Vec<Arc<SessionStatus>> =
+        (0..peers.len()).map(|_| Arc::default()).collect();
+    let mut shard_tx = Vec::new();
+    let mut supervisors = Vec::new();
+    for i in 0..shards {
+        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+        shard_tx.push(tx.clone());
+        let make = {
+            let queue = tun.queue(i);
+            let peers = peers.clone();
+            let encoder_config = encoder_config.clone();
+            let counters = counters[i].clone();
+            move || Shard {
+                index: i,
+                shards,
+                tun: queue.clone(),
+                peers: peers.clone(),
+                encoder_config: encoder_config.clone(),
+                decoder_config: DecoderConfig::default(),
+                counters: counters.clone(),
+                start: started,
+            }
+        };
+        supervisors.push(tokio::spawn(supervise(
+            i,
+            make,
+            Arc::new(Mutex::new(rx)),
+            tx,
+            sessions.clone(),
+            shutdown.clone(),
+        )));
+    }
+
+    // Sessions and the accept loop.
+    let instance: u64 = rand::random();
+    let shared = Arc::new(session::Shared {
+        peers: peers.clone(),
+        endpoint: endpoint.clone(),
+        shards: shard_tx,
+        hello: Hello {
+            capabilities: Capabilities::supported(),
+            shards: shards as u8,
+            instance,
+        },
+        digest,
+        shutdown: shutdown.clone(),
+    });
+    let mut incoming_tx = Vec::new();
+    for (i, status) in sessions.iter().enumerate() {
+        let (tx, rx) = mpsc::channel(4);
+        incoming_tx.push(tx);
+        tokio::spawn(session::run(i, shared.clone(), status.clone(), rx));
+    }
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        peers.clone(),
+        incoming_tx,
+        shutdown.clone(),
+    ));
+
+    // Control socket.
+    let state = Arc::new(State {
+        interface: settings.interface.name.clone(),
+        mtu,
+        shards,
+        peers: peers.clone(),
+        sessions,
+        counters,
+        started,
+    });
+    let socket_path = control_socket_path(&settings);
+    let control = crate::control::serve(&socket_path, state.clone(), shutdown.clone())
+        .with_context(|| format!("control socket {}", socket_path.display()))?;
+
+    tracing::info!(
+        interface = %settings.interface.name,
+        mtu,
+        shards,
+        offload = tun.offload(),
+        listen = %endpoint.local_addr().map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string()),
+        "sluice is up"
+    );
+    crate::notify::ready();
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    crate::notify::stopping();
+    let flush = async {
+        for s in supervisors {
+            let _ = s.await;
+        }
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, flush).await;
+    endpoint.quic().close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.quic().wait_idle()).await;
+    for cidr in routes {
+        if let Err(e) = net.del_route(index, cidr).await {
+            tracing::debug!(%cidr, error = %e, "route already gone");
+        }
+    }
+    drop(control);
+    let _ = std::fs::remove_file(&socket_path);
+    drop(tun);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The control socket of a config: the configured path, or one named after the interface.
+pub fn control_socket_path(settings: &Settings) -> PathBuf {
+    settings.interface.control_socket.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("/run/sluice/{}.sock", settings.interface.name))
+    })
+}
+
+/// Runs shard `index`, restarting it with fresh state if it panics. A restarted shard asks
+/// every connected peer for new epochs on the shards it serves.
+async fn supervise(
+    index: usize,
+    make: impl Fn() -> Shard + Send + 'static,
+    commands: Arc<Mutex<mpsc::Receiver<Command>>>,
+    own_tx: mpsc::Sender<Command>,
+    sessions: Vec<Arc<SessionStatus>>,
+    shutdown: CancellationToken,
+) {
+    let mut restarts = 0u32;
+    loop {
+        let shard = make();
+        let commands = commands.clone();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let mut rx = commands.lock().await;
+            shard.run(&mut rx, stop).await;
+        });
+        match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                restarts += 1;
+                tracing::error!(shard = index, restarts, "shard panicked; restarting it with fresh state");
+                // Re-announce the live links to the new incarnation, asking for new epochs.
+                for (peer, status) in sessions.iter().enumerate() {
+                    let link = status.link.lock().expect("status lock").clone();
+                    if let Some(link) = link {
+                        let _ = own_tx
+                            .send(Command::LinkUp {
+                                peer,
+                                link,
+                                resync: true,
+                            })
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Accepts connections and hands each, once its certificate matched a pin, to its peer's
+/// session. Handshakes run concurrently so a flood of bogus ones cannot starve a real peer.
+async fn accept_loop(
+    endpoint: Arc<transport::Endpoint>,
+    peers: Arc<Peers>,
+    sessions: Vec<mpsc::Sender<quinn::Connection>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            i = transport::incoming(&endpoint) => match i { Some(i) => i, None => return },
+        };
+        let endpoint = endpoint.clone();
+        let peers = peers.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            match transport::handshake(&endpoint, incoming).await {
+                Ok((conn, digest)) => {
+                    let Some(i) = peers.iter().position(|p| p.fingerprint.digest() == &digest)
+                    else {
+                        conn.close(3u32.into(), b"unknown peer");
+                        return;
+                    };
+                    let _ = sessions[i].send(conn).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "incoming connection refused"),
+            }
+        });
+    }
+}
