@@ -856,6 +856,9 @@ pub struct Interface {
     pub shards: Shards,
     /// Install a route into the TUN device for each peer's `allowed_ips`.
     pub routes: bool,
+    /// Where `sluice status` reaches the running daemon; default
+    /// `/run/sluice/<interface name>.sock`.
+    pub control_socket: PathBuf,
 }
 
 /// The `[optimize]` section: how traffic is shrunk.
@@ -1105,6 +1108,7 @@ struct RawInterface {
     wan_mtu: i64,
     shards: Value,
     routes: bool,
+    control_socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1453,6 +1457,10 @@ impl Loader<'_> {
             .map_err(|e| self.identity_error("interface.key", e))?;
         let fingerprint = identity::fingerprint(&certificate);
 
+        let control_socket = match &raw.control_socket {
+            Some(path) => self.resolve(path),
+            None => PathBuf::from(format!("/run/sluice/{name}.sock")),
+        };
         Ok(Interface {
             name,
             addresses,
@@ -1466,6 +1474,7 @@ impl Loader<'_> {
             wan_mtu,
             shards,
             routes: raw.routes,
+            control_socket,
         })
     }
 
