@@ -32,9 +32,13 @@ use super::wire::{
     MAX_PACKETS_PER_BLOCK, MIN_DATAGRAM_SIZE, Reset, ResetKind,
 };
 
-/// How a flow's first packet is re-judged: after this many packets the flow runs a new trial,
-/// so a connection that switches from compressed to plain content (HTTP keep-alive) is noticed.
+/// A flow's verdict is re-judged after this many packets, so a connection that switches from
+/// compressed to plain content (HTTP keep-alive) is noticed...
 pub const RECHECK_PACKETS: u16 = 256;
+
+/// ...or after this many bytes, whichever comes first: one TUN read can be a 64 KiB GSO
+/// super-packet, and the first one of a response often starts with plain-text headers.
+pub const RECHECK_BYTES: u32 = 256 * 1024;
 
 /// Slots in the per-flow bypass memory (direct-mapped by flow hash; a collision only costs an
 /// extra trial).
@@ -163,6 +167,8 @@ struct FlowVerdict {
     hash: u64,
     /// Packets left before the flow is judged again; 0 = unused or expired.
     packets_left: u16,
+    /// Bytes left before the flow is judged again.
+    bytes_left: u32,
     /// The queue the flow's last packet went to (its verdict).
     queue: usize,
     /// That queue's push count right after the flow's last packet: the flow has packets
@@ -342,7 +348,7 @@ impl Encoder {
         let (queue, fresh_verdict) = if own && slot_waiting {
             // Keep order: follow the flow's own waiting packets.
             (slot.queue, None)
-        } else if own && slot.packets_left > 0 {
+        } else if own && slot.packets_left > 0 && slot.bytes_left > 0 {
             (slot.queue, None)
         } else if payload.len() < MIN_TRIAL_PAYLOAD {
             // Too little to judge (pure acks, small requests): keep the flow's last verdict.
@@ -362,11 +368,17 @@ impl Encoder {
         }
         let pushed_at = self.queues[queue].pushed + 1;
         let slot = &mut self.flows[slot_index];
+        let len = payload.len().min(u32::MAX as usize) as u32;
         *slot = FlowVerdict {
             hash,
             packets_left: match fresh_verdict {
                 Some(_) => RECHECK_PACKETS,
                 None if own => slot.packets_left.saturating_sub(1),
+                None => 0,
+            },
+            bytes_left: match fresh_verdict {
+                Some(_) => RECHECK_BYTES,
+                None if own => slot.bytes_left.saturating_sub(len),
                 None => 0,
             },
             queue,
