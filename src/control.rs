@@ -111,7 +111,8 @@ pub fn report(state: &State) -> String {
                     out,
                     "peer {}: not connected{}  fingerprint {}",
                     peer.name,
-                    last.map(|e| format!(" (last error: {e})")).unwrap_or_default(),
+                    last.map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default(),
                     peer.fingerprint
                 );
             }
@@ -142,7 +143,12 @@ pub fn report(state: &State) -> String {
         let _ = writeln!(
             out,
             "  drops: source not allowed {}  malformed {}  no link {}  refused {}  send errors {}  bypassed {} packets",
-            t.source_not_allowed, t.malformed, t.no_link, t.refused, t.send_errors, t.bypassed_packets
+            t.source_not_allowed,
+            t.malformed,
+            t.no_link,
+            t.refused,
+            t.send_errors,
+            t.bypassed_packets
         );
     }
     out

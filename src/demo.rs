@@ -224,8 +224,22 @@ impl World {
 
     fn write_configs(&self, fp: &[String; 2]) -> anyhow::Result<()> {
         for (site, me, peer_wan, peer_lan, peer_tun, peer_fp) in [
-            ("a", "10.99.0.1/24", "192.168.200.2", "10.2.0.0/24", "10.99.0.2/32", &fp[1]),
-            ("b", "10.99.0.2/24", "192.168.200.1", "10.1.0.0/24", "10.99.0.1/32", &fp[0]),
+            (
+                "a",
+                "10.99.0.1/24",
+                "192.168.200.2",
+                "10.2.0.0/24",
+                "10.99.0.2/32",
+                &fp[1],
+            ),
+            (
+                "b",
+                "10.99.0.2/24",
+                "192.168.200.1",
+                "10.1.0.0/24",
+                "10.99.0.1/32",
+                &fp[0],
+            ),
         ] {
             let text = format!(
                 "[interface]\nname = \"sluice0\"\naddress = [\"{me}\"]\nlisten = \"0.0.0.0:7443\"\n\
@@ -286,12 +300,21 @@ fn build_topology() -> anyhow::Result<()> {
     }
     let links = [
         (NS[0], "eth0", "10.1.0.2/24", NS[1], "lan0", "10.1.0.1/24"),
-        (NS[1], "wan0", "192.168.200.1/24", NS[2], "wan0", "192.168.200.2/24"),
+        (
+            NS[1],
+            "wan0",
+            "192.168.200.1/24",
+            NS[2],
+            "wan0",
+            "192.168.200.2/24",
+        ),
         (NS[2], "lan0", "10.2.0.1/24", NS[3], "eth0", "10.2.0.2/24"),
     ];
     for (i, (ns1, if1, a1, ns2, if2, a2)) in links.into_iter().enumerate() {
         let (t1, t2) = (format!("sldemo{i}a"), format!("sldemo{i}b"));
-        sh(&["ip", "link", "add", &t1, "type", "veth", "peer", "name", &t2])?;
+        sh(&[
+            "ip", "link", "add", &t1, "type", "veth", "peer", "name", &t2,
+        ])?;
         sh(&["ip", "link", "set", &t1, "netns", ns1])?;
         sh(&["ip", "link", "set", &t2, "netns", ns2])?;
         in_ns(ns1, &["ip", "link", "set", &t1, "name", if1])?;
@@ -311,8 +334,14 @@ fn build_topology() -> anyhow::Result<()> {
 
 fn route_direct(on: bool) -> anyhow::Result<()> {
     let verb = if on { "replace" } else { "del" };
-    in_ns(NS[1], &["ip", "route", verb, "10.2.0.0/24", "via", "192.168.200.2"])?;
-    in_ns(NS[2], &["ip", "route", verb, "10.1.0.0/24", "via", "192.168.200.1"])?;
+    in_ns(
+        NS[1],
+        &["ip", "route", verb, "10.2.0.0/24", "via", "192.168.200.2"],
+    )?;
+    in_ns(
+        NS[2],
+        &["ip", "route", verb, "10.1.0.0/24", "via", "192.168.200.1"],
+    )?;
     Ok(())
 }
 

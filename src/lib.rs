@@ -16,10 +16,19 @@
 //!     rule that maps a destination address to a peer.
 //!   - [`transport`]: the QUIC link between two gateways: mutual TLS 1.3 pinned to
 //!     certificate digests, datagrams for packet batches, one control stream.
+//!   - [`gateway`]: the runtime: shards (one task per TUN queue, each with its encoders and
+//!     decoders), one session task per peer, the accept loop, the supervisor.
+//!   - [`control`]: the local control socket behind `sluice status`.
+//!   - [`notify`]: systemd readiness.
+//!   - [`demo`]: `sluice demo`, two sites in network namespaces.
 
 pub mod config;
+pub mod control;
 pub mod core;
+pub mod demo;
+pub mod gateway;
 pub mod identity;
 pub mod netlink;
+pub mod notify;
 pub mod transport;
 pub mod tun;

@@ -43,6 +43,31 @@ enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the gateway in the foreground until SIGINT or SIGTERM (needs CAP_NET_ADMIN).
+    Up {
+        /// The config file.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Show each peer's state, RTT, LAN and WAN bytes and the savings, from the running
+    /// gateway (over its control socket).
+    Status {
+        /// The config file of the running gateway.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// As root: build two sites in network namespaces, run two gateways between them, send
+    /// real files from this machine through the tunnel and show what crossed the WAN.
+    Demo,
+    /// Internal to `sluice demo`: receive one TCP stream and print its size and SHA-256.
+    #[command(hide = true)]
+    DemoSink { addr: std::net::SocketAddr },
+    /// Internal to `sluice demo`: send the files listed in LIST over one TCP stream.
+    #[command(hide = true)]
+    DemoSource {
+        addr: std::net::SocketAddr,
+        list: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +76,11 @@ fn main() -> ExitCode {
         Command::Keygen { out } => keygen(&out),
         Command::Fingerprint { certificate } => fingerprint(&certificate),
         Command::Check { config } => check(&config),
+        Command::Up { config } => up(&config),
+        Command::Status { config } => status(&config),
+        Command::Demo => sluice::demo::run(),
+        Command::DemoSink { addr } => sluice::demo::sink(addr),
+        Command::DemoSource { addr, list } => sluice::demo::source(addr, &list),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +121,66 @@ fn fingerprint(certificate: &Path) -> anyhow::Result<()> {
 fn check(config: &Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     print!("{}", summary(&settings));
+    Ok(())
+}
+
+/// `sluice up`: logs to stderr (RUST_LOG, default info), runs until SIGINT/SIGTERM.
+fn up(config: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = Settings::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            signals.cancel();
+        });
+        sluice::gateway::run(settings, shutdown).await
+    })?;
+    // Tasks still parked on sockets must not hold the exit past the 2 s promise.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}
+
+/// `sluice status`: asks the running gateway over its control socket.
+fn status(config: &Path) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let path = settings.interface().control_socket.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(sluice::control::request_status(&path))
+        .with_context(|| {
+            format!(
+                "no running gateway answers on {} (is `sluice up -c {}` running?)",
+                path.display(),
+                config.display()
+            )
+        })?;
+    print!("{report}");
     Ok(())
 }
 

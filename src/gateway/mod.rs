@@ -13,7 +13,6 @@ pub mod session;
 pub mod shard;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,7 @@ use anyhow::Context;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, Shards};
-use crate::core::encoder::Compression;
+use crate::config::{Mtu, Settings, Shards};
 use crate::core::wire::{Capabilities, Hello};
 use crate::core::{DecoderConfig, EncoderConfig};
 use crate::transport::{self, Tuning};
@@ -81,17 +79,17 @@ impl State {
 /// what failed.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
-    let identity = crate::identity::load(&settings)?;
-    let digest = *identity.fingerprint.digest();
-    let shards = match settings.interface.shards {
+    let iface = settings.interface();
+    let digest = *iface.fingerprint.as_bytes();
+    let shards = match iface.shards {
         Shards::Auto => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
-        Shards::Count(n) => usize::from(n),
+        Shards::Fixed(n) => usize::from(n.get()),
     };
     let peer_list: Vec<Peer> = settings
-        .peers
+        .peers()
         .iter()
         .map(|p| Peer {
-            name: p.name.clone(),
+            name: p.name.to_string(),
             fingerprint: p.fingerprint,
             allowed_ips: p.allowed_ips.clone(),
             endpoint: p.endpoint,
@@ -101,40 +99,46 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .iter()
         .filter_map(|p| p.endpoint)
         .any(|e| e.is_ipv6())
-        || settings.interface.listen.is_some_and(|l| l.is_ipv6());
-    let mtu = settings
-        .interface
-        .mtu
-        .unwrap_or_else(|| auto_mtu(settings.interface.wan_mtu, wan_ipv6));
+        || iface.listen.is_some_and(|l| l.is_ipv6());
+    let mtu = match iface.mtu {
+        Mtu::Auto => auto_mtu(iface.wan_mtu, wan_ipv6),
+        Mtu::Fixed(m) => m,
+    };
     let peers = Arc::new(Peers::new(peer_list));
+    let name = iface.name.to_string();
 
     // The device and its addresses and routes.
-    let tun = crate::tun::Tun::create(&crate::tun::TunConfig {
-        name: settings.interface.name.clone(),
+    let tun = crate::tun::TunDevice::create(&crate::tun::TunConfig {
+        name: name.clone(),
         mtu,
         queues: shards,
         offload: true,
     })
-    .await
-    .with_context(|| format!("creating TUN device {}", settings.interface.name))?;
-    let net = crate::netlink::Netlink::connect()
-        .await
-        .context("opening netlink")?;
+    .with_context(|| format!("creating TUN device {name}"))?;
+    let offload = tun.offload().tcp;
     let index = tun.index();
-    for addr in &settings.interface.address {
-        net.add_address(index, *addr)
+    let queues: Vec<Arc<crate::tun::TunQueue>> =
+        tun.into_queues().into_iter().map(Arc::new).collect();
+    let net = crate::netlink::Netlink::connect().context("opening netlink")?;
+    for addr in &iface.addresses {
+        let net_addr = ipnet::IpNet::new(addr.addr(), addr.prefix())
+            .with_context(|| format!("address {addr}"))?;
+        net.add_address(index, net_addr)
             .await
-            .with_context(|| format!("adding address {addr}"))?;
+            .with_context(|| format!("adding address {addr} to {name}"))?;
     }
-    net.set_up(index).await.context("bringing the device up")?;
+    net.set_up(index)
+        .await
+        .with_context(|| format!("bringing {name} up"))?;
     let mut routes = Vec::new();
-    if settings.interface.routes {
+    if iface.routes {
         for peer in peers.iter() {
             for cidr in &peer.allowed_ips {
-                // A peer's own tunnel address is already on-link through the interface
-                // address; adding it again is harmless but would fail as a duplicate.
-                match net.add_route(index, *cidr).await {
-                    Ok(()) => routes.push(*cidr),
+                let route = ipnet::IpNet::new(cidr.network(), cidr.prefix())
+                    .with_context(|| format!("route {cidr}"))?;
+                // A peer's tunnel address may already be on-link through our own address.
+                match net.add_route(index, route).await {
+                    Ok(()) => routes.push(route),
                     Err(e) => tracing::warn!(%cidr, error = %e, "route not added"),
                 }
             }
@@ -142,7 +146,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
 
     // QUIC.
-    let listen = settings.interface.listen.unwrap_or_else(|| {
+    let listen = iface.listen.unwrap_or_else(|| {
         if wan_ipv6 {
             "[::]:0".parse().expect("literal")
         } else {
@@ -150,16 +154,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     });
     let tuning = Tuning {
-        wan_mtu: settings.interface.wan_mtu,
+        wan_mtu: iface.wan_mtu,
         ..Tuning::default()
     };
-    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| *p.fingerprint.digest()).collect();
+    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| *p.fingerprint.as_bytes()).collect();
     let endpoint = Arc::new(
         transport::endpoint(
             listen,
             transport::Identity {
-                certificate: identity.certificate.clone(),
-                private_key: identity.private_key.der().clone_key(),
+                certificate: iface.certificate.clone(),
+                private_key: iface.key.der().clone_key(),
             },
             allowed,
             &tuning,
@@ -168,30 +172,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
 
     // Shards.
+    let optimize = settings.optimize();
     let encoder_config = EncoderConfig {
-        compression: match settings.optimize.compression {
-            crate::config::Compression::Off => Compression::Off,
-            crate::config::Compression::Lz4 => Compression::Lz4,
-            crate::config::Compression::Zstd => Compression::Zstd,
-            crate::config::Compression::Auto => Compression::Auto,
-        },
-        zstd_level: settings.optimize.zstd_level,
-        max_delay: settings.optimize.max_delay,
-        packet_meta: tun.offload(),
+        compression: optimize.compression,
+        zstd_level: optimize.zstd_level.get(),
+        max_delay: optimize.max_delay,
         ..EncoderConfig::default()
     };
     let counters: Vec<Vec<Arc<ShardCounters>>> = (0..shards)
         .map(|_| (0..peers.len()).map(|_| Arc::default()).collect())
         .collect();
-    let sessions: Vec<Arc<SessionStatus>> =
-        (0..peers.len()).map(|_| Arc::default()).collect();
+    let sessions: Vec<Arc<SessionStatus>> = (0..peers.len()).map(|_| Arc::default()).collect();
     let mut shard_tx = Vec::new();
     let mut supervisors = Vec::new();
     for i in 0..shards {
         let (tx, rx) = mpsc::channel(SHARD_QUEUE);
         shard_tx.push(tx.clone());
         let make = {
-            let queue = tun.queue(i);
+            let queue = queues[i].clone();
             let peers = peers.clone();
             let encoder_config = encoder_config.clone();
             let counters = counters[i].clone();
@@ -245,7 +243,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     // Control socket.
     let state = Arc::new(State {
-        interface: settings.interface.name.clone(),
+        interface: name.clone(),
         mtu,
         shards,
         peers: peers.clone(),
@@ -253,15 +251,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         counters,
         started,
     });
-    let socket_path = control_socket_path(&settings);
+    let socket_path = iface.control_socket.clone();
     let control = crate::control::serve(&socket_path, state.clone(), shutdown.clone())
         .with_context(|| format!("control socket {}", socket_path.display()))?;
 
     tracing::info!(
-        interface = %settings.interface.name,
+        interface = %name,
         mtu,
         shards,
-        offload = tun.offload(),
+        offload,
         listen = %endpoint.local_addr().map_or_else(|_| "?".into(), |a: SocketAddr| a.to_string()),
         "sluice is up"
     );
@@ -278,23 +276,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, flush).await;
     endpoint.quic().close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_millis(300), endpoint.quic().wait_idle()).await;
-    for cidr in routes {
-        if let Err(e) = net.del_route(index, cidr).await {
-            tracing::debug!(%cidr, error = %e, "route already gone");
+    for route in routes {
+        if let Err(e) = net.remove_route(index, route).await {
+            tracing::debug!(%route, error = %e, "route already gone");
         }
     }
     drop(control);
-    let _ = std::fs::remove_file(&socket_path);
-    drop(tun);
+    // Closing the last queue deletes the device (it is never made persistent).
+    drop(queues);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The control socket of a config: the configured path, or one named after the interface.
-pub fn control_socket_path(settings: &Settings) -> PathBuf {
-    settings.interface.control_socket.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("/run/sluice/{}.sock", settings.interface.name))
-    })
 }
 
 /// Runs shard `index`, restarting it with fresh state if it panics. A restarted shard asks
@@ -320,7 +311,11 @@ async fn supervise(
             Ok(()) => return,
             Err(e) if e.is_panic() => {
                 restarts += 1;
-                tracing::error!(shard = index, restarts, "shard panicked; restarting it with fresh state");
+                tracing::error!(
+                    shard = index,
+                    restarts,
+                    "shard panicked; restarting it with fresh state"
+                );
                 // Re-announce the live links to the new incarnation, asking for new epochs.
                 for (peer, status) in sessions.iter().enumerate() {
                     let link = status.link.lock().expect("status lock").clone();
@@ -360,7 +355,9 @@ async fn accept_loop(
         tokio::spawn(async move {
             match transport::handshake(&endpoint, incoming).await {
                 Ok((conn, digest)) => {
-                    let Some(i) = peers.iter().position(|p| p.fingerprint.digest() == &digest)
+                    let Some(i) = peers
+                        .iter()
+                        .position(|p| p.fingerprint.as_bytes() == &digest)
                     else {
                         conn.close(3u32.into(), b"unknown peer");
                         return;

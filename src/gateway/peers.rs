@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use tokio::sync::mpsc;
 
-use crate::config::{Cidr, Fingerprint};
+use crate::config::Cidr;
+use crate::identity::Fingerprint;
 
 /// A live connection to a peer, as the shards see it.
 #[derive(Clone, Debug)]
@@ -45,7 +46,7 @@ impl Peers {
             .enumerate()
             .flat_map(|(i, p)| p.allowed_ips.iter().map(move |c| (*c, i)))
             .collect();
-        routes.sort_by_key(|(c, _)| std::cmp::Reverse(c.prefix_len()));
+        routes.sort_by_key(|(c, _)| std::cmp::Reverse(c.prefix()));
         Peers { peers, routes }
     }
 

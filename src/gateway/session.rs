@@ -90,7 +90,7 @@ pub async fn run(
     mut incoming: mpsc::Receiver<Connection>,
 ) {
     let peer = shared.peers.get(index).clone();
-    let peer_digest = *peer.fingerprint.digest();
+    let peer_digest = *peer.fingerprint.as_bytes();
     let lower = shared.digest < peer_digest;
     let mut generation = 0u64;
     let mut backoff = Duration::from_millis(100);
@@ -231,7 +231,11 @@ async fn dial_after(
 }
 
 /// Opens (dialler) or accepts (acceptor) the control stream and exchanges hellos.
-async fn handshake(conn: Connection, origin: Origin, shared: &Shared) -> Result<Established, String> {
+async fn handshake(
+    conn: Connection,
+    origin: Origin,
+    shared: &Shared,
+) -> Result<Established, String> {
     let exchange = async {
         let (mut send, mut recv) = match origin {
             Origin::Dialled => conn.open_bi().await.map_err(|e| e.to_string())?,

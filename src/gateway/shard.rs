@@ -68,6 +68,8 @@ pub enum ControlMessage {
 struct PeerState {
     link: Link,
     encoder: Encoder,
+    /// The encoder's bypass count already added to the shared counters.
+    bypassed_reported: u64,
     /// Decoders for the peer's shards, indexed by remote shard; only those this shard serves.
     decoders: Vec<Option<Decoder>>,
 }
@@ -240,8 +242,8 @@ impl Running {
         };
         if resync {
             // Ask the peer to restart the encoders whose decoders we lost.
-            for remote in (self.shard.index..usize::from(link.remote_shards))
-                .step_by(self.shard.shards)
+            for remote in
+                (self.shard.index..usize::from(link.remote_shards)).step_by(self.shard.shards)
             {
                 let msg = Reset {
                     shard: remote as u8,
@@ -256,6 +258,7 @@ impl Running {
         self.states[peer] = Some(PeerState {
             link,
             encoder,
+            bypassed_reported: 0,
             decoders,
         });
     }
@@ -302,7 +305,9 @@ impl Running {
         add(&counters.wan_in_datagrams, 1);
         add(&counters.wan_in_bytes, bytes.len() as u64);
         let remote = bytes.get(2).copied().map(usize::from);
-        let Some(decoder) = remote.and_then(|r| state.decoders.get_mut(r)).and_then(Option::as_mut)
+        let Some(decoder) = remote
+            .and_then(|r| state.decoders.get_mut(r))
+            .and_then(Option::as_mut)
         else {
             add(&counters.malformed, 1);
             return;
@@ -372,15 +377,25 @@ impl Running {
                 };
                 add(&counters.wan_out_datagrams, 1);
                 add(&counters.wan_out_bytes, n as u64);
+                // Wait for room in quinn's datagram buffer rather than have it drop queued
+                // datagrams: back-pressure reaches the TUN queue and the inner TCP slows down,
+                // instead of losing packets and retransmitting them over the WAN.
                 if let Err(e) = state
                     .link
                     .conn
-                    .send_datagram(Bytes::copy_from_slice(&self.out[..n]))
+                    .send_datagram_wait(Bytes::copy_from_slice(&self.out[..n]))
+                    .await
                 {
                     add(&counters.send_errors, 1);
                     tracing::debug!(error = %e, "datagram not sent");
                 }
             }
+            let bypassed = state.encoder.stats().packets_bypassed;
+            add(
+                &counters.bypassed_packets,
+                bypassed - state.bypassed_reported,
+            );
+            state.bypassed_reported = bypassed;
             while let Some(n) = state.encoder.poll_control(&mut self.control) {
                 send_control(&state.link, &self.control[..n]);
             }
@@ -390,11 +405,13 @@ impl Running {
                 }
                 while let Some(restored) = decoder.next_packet() {
                     let (packet, meta) = (restored.packet, restored.meta);
-                    let allowed = source(packet)
-                        .is_some_and(|src| self.shard.peers.allows(peer, src));
+                    let allowed =
+                        source(packet).is_some_and(|src| self.shard.peers.allows(peer, src));
                     if !allowed {
                         add(&counters.source_not_allowed, 1);
-                        tracing::debug!("restored packet with a source outside allowed_ips dropped");
+                        tracing::debug!(
+                            "restored packet with a source outside allowed_ips dropped"
+                        );
                         continue;
                     }
                     add(&counters.lan_out_packets, 1);
