@@ -176,14 +176,34 @@ impl Topology {
         t.link(&t.gw_b, "lan0", &t.lan_b, "eth0", &id, "b");
         t.addr(&t.lan_a, "eth0", &["10.1.0.2/24", "fd01::2/64"]);
         t.addr(&t.gw_a, "lan0", &["10.1.0.1/24", "fd01::1/64"]);
-        t.addr(&t.gw_a, addr::WAN_IF, &["192.168.200.1/24", "fd00:200::1/64"]);
-        t.addr(&t.gw_b, addr::WAN_IF, &["192.168.200.2/24", "fd00:200::2/64"]);
+        t.addr(
+            &t.gw_a,
+            addr::WAN_IF,
+            &["192.168.200.1/24", "fd00:200::1/64"],
+        );
+        t.addr(
+            &t.gw_b,
+            addr::WAN_IF,
+            &["192.168.200.2/24", "fd00:200::2/64"],
+        );
         t.addr(&t.gw_b, "lan0", &["10.2.0.1/24", "fd02::1/64"]);
         t.addr(&t.lan_b, "eth0", &["10.2.0.2/24", "fd02::2/64"]);
-        t.exec(&t.lan_a, &["ip", "route", "add", "default", "via", "10.1.0.1"]);
-        t.exec(&t.lan_a, &["ip", "-6", "route", "add", "default", "via", "fd01::1"]);
-        t.exec(&t.lan_b, &["ip", "route", "add", "default", "via", "10.2.0.1"]);
-        t.exec(&t.lan_b, &["ip", "-6", "route", "add", "default", "via", "fd02::1"]);
+        t.exec(
+            &t.lan_a,
+            &["ip", "route", "add", "default", "via", "10.1.0.1"],
+        );
+        t.exec(
+            &t.lan_a,
+            &["ip", "-6", "route", "add", "default", "via", "fd01::1"],
+        );
+        t.exec(
+            &t.lan_b,
+            &["ip", "route", "add", "default", "via", "10.2.0.1"],
+        );
+        t.exec(
+            &t.lan_b,
+            &["ip", "-6", "route", "add", "default", "via", "fd02::1"],
+        );
         for gw in [&t.gw_a, &t.gw_b] {
             t.exec(gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
             t.exec(gw, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
@@ -279,10 +299,38 @@ impl Topology {
 
     /// Routes each LAN to the other over the WAN veth, without any tunnel.
     pub fn route_direct(&self) {
-        self.exec(&self.gw_a, &["ip", "route", "replace", "10.2.0.0/24", "via", addr::WAN_B]);
-        self.exec(&self.gw_a, &["ip", "-6", "route", "replace", "fd02::/64", "via", addr::WAN_B6]);
-        self.exec(&self.gw_b, &["ip", "route", "replace", "10.1.0.0/24", "via", addr::WAN_A]);
-        self.exec(&self.gw_b, &["ip", "-6", "route", "replace", "fd01::/64", "via", addr::WAN_A6]);
+        self.exec(
+            &self.gw_a,
+            &["ip", "route", "replace", "10.2.0.0/24", "via", addr::WAN_B],
+        );
+        self.exec(
+            &self.gw_a,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "replace",
+                "fd02::/64",
+                "via",
+                addr::WAN_B6,
+            ],
+        );
+        self.exec(
+            &self.gw_b,
+            &["ip", "route", "replace", "10.1.0.0/24", "via", addr::WAN_A],
+        );
+        self.exec(
+            &self.gw_b,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "replace",
+                "fd01::/64",
+                "via",
+                addr::WAN_A6,
+            ],
+        );
     }
 
     /// Removes the direct routes again.
@@ -298,7 +346,10 @@ impl Topology {
         let read = |what: &str| -> u64 {
             self.exec(
                 &self.gw_a,
-                &["cat", &format!("/sys/class/net/{}/statistics/{what}", addr::WAN_IF)],
+                &[
+                    "cat",
+                    &format!("/sys/class/net/{}/statistics/{what}", addr::WAN_IF),
+                ],
             )
             .trim()
             .parse()

@@ -18,7 +18,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Takes the lock that keeps netns tests from running side by side.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[test]
@@ -80,9 +82,12 @@ fn udp_datagrams_arrive_intact() {
     let _serial = serial();
     let topo = Topology::new("udp");
     let _g = sites::up(&topo, Options::default());
-    // A receiver in lanB that records a digest of every datagram; a sender in lanA that sends
-    // datagrams of many sizes (1 .. 8000 bytes: the big ones are IP-fragmented by the sender
-    // and must survive the tunnel too), paced so nothing is lost to socket buffers.
+    // A sender in lanA sends datagrams of many sizes (1 .. 8000 bytes: the big ones are
+    // IP-fragmented by the sender and must survive the tunnel too), paced so nothing is lost
+    // to socket buffers; a receiver in lanB checks that every one arrives once, byte for
+    // byte. Order is not required: IP fragments and whole datagrams of one UDP flow can take
+    // different TUN queues (the kernel hashes fragments without ports), as they could take
+    // different paths on any IP network.
     let script = topo.dir.join("udp.py");
     std::fs::write(&script, UDP_SCRIPT).unwrap();
     let script = script.to_string_lossy().into_owned();
@@ -99,10 +104,9 @@ fn udp_datagrams_arrive_intact() {
     let code = receiver.wait_exit(Duration::from_secs(20));
     let received = topo.log("udp-recv.log");
     assert_eq!(code, Some(Some(0)), "receiver finished: {received}");
-    assert_eq!(
-        received.trim(),
-        sent.trim(),
-        "every datagram arrived with the same bytes"
+    assert!(
+        received.starts_with(sent.trim()),
+        "every datagram arrived once with the same bytes: {received}"
     );
 }
 
@@ -113,29 +117,45 @@ def payload(i):
     size = 1 + (i * 7919) % 8000
     seed = hashlib.sha256(str(i).encode()).digest()
     return (seed * (size // 32 + 1))[:size]
+expected = {}
+for i in range(count):
+    expected[payload(i)] = i
 if mode == "send":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    digest = hashlib.sha256()
+    # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF bit, so datagrams bigger than the tunnel MTU
+    # are fragmented on the way (as for DNS); with DF the first one would only teach the
+    # sender the path MTU (that case has its own test).
+    s.setsockopt(socket.IPPROTO_IP, 10, 0)
     for i in range(count):
-        p = payload(i)
-        s.sendto(p, (host, port))
-        digest.update(p)
+        s.sendto(payload(i), (host, port))
         time.sleep(0.002)
-    print(count, digest.hexdigest())
+    print(count, "sent")
 else:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind((host, port))
     s.settimeout(15)
-    digest = hashlib.sha256()
-    got = 0
-    while got < count:
-        data, _ = s.recvfrom(65535)
-        if data != payload(got):
-            print("datagram", got, "differs or arrived out of order", flush=True)
+    seen = set()
+    order = []
+    while len(seen) < count:
+        try:
+            data, _ = s.recvfrom(65535)
+        except socket.timeout:
+            missing = sorted(set(range(count)) - seen)
+            print("missing", len(missing), "datagrams, sizes", [len(payload(i)) for i in missing][:40], flush=True)
             sys.exit(1)
-        digest.update(data)
-        got += 1
-    print(count, digest.hexdigest(), flush=True)
+        i = expected.get(data)
+        if i is None:
+            print("a datagram arrived with bytes that were never sent", flush=True)
+            sys.exit(1)
+        if i in seen:
+            print("datagram", i, "arrived twice", flush=True)
+            sys.exit(1)
+        seen.add(i)
+        order.append(i)
+    late = sum(1 for a, b in zip(order, order[1:]) if b < a)
+    print(count, "sent", flush=True)
+    print("out of order:", late, file=sys.stderr, flush=True)
 "#;
 
 #[test]
@@ -164,6 +184,7 @@ fn wan_bytes_shrink_for_text_and_barely_grow_for_random_data() {
         assert_eq!(sha256(&got), sha256(file));
         let ratio = wan as f64 / payload as f64;
         eprintln!("{url}: {wan} WAN bytes for {payload} payload bytes: {ratio:.3}");
+        eprintln!("{}", sites::status(&topo, &topo.gw_b, &_g.b));
         assert!(
             ratio < limit,
             "{url}: WAN/payload {ratio:.3} is not below {limit}"
@@ -188,8 +209,14 @@ fn a_peer_with_the_wrong_certificate_gets_nothing_through() {
     let _gw_a = sites::start(&topo, &topo.gw_a, &a, &opts, "gw-a.log");
     let _gw_m = sites::start(&topo, &topo.gw_b, &mallory, &opts, "gw-m.log");
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!topo.ping_ok(&topo.lan_a, addr::LAN_B), "no packet through A->B");
-    assert!(!topo.ping_ok(&topo.lan_b, addr::LAN_A), "no packet through B->A");
+    assert!(
+        !topo.ping_ok(&topo.lan_a, addr::LAN_B),
+        "no packet through A->B"
+    );
+    assert!(
+        !topo.ping_ok(&topo.lan_b, addr::LAN_A),
+        "no packet through B->A"
+    );
     let log_a = topo.log("gw-a.log");
     let presented = mallory.fingerprint.trim_start_matches("sha256:");
     assert!(
@@ -198,7 +225,9 @@ fn a_peer_with_the_wrong_certificate_gets_nothing_through() {
     );
     let status = sites::status(&topo, &topo.gw_a, &a);
     assert!(
-        !status.contains("connected") || status.contains("not connected") || status.contains("connecting"),
+        !status.contains("connected")
+            || status.contains("not connected")
+            || status.contains("connecting"),
         "status shows no connection:\n{status}"
     );
 }
@@ -221,9 +250,21 @@ fn oversize_df_packets_get_frag_needed_and_pmtu_works() {
     let too_big = (mtu - 28 + 1).to_string();
     let out = topo.try_exec(
         &topo.lan_a,
-        &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", &too_big, addr::LAN_B],
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &too_big,
+            addr::LAN_B,
+        ],
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an oversize DF ping does not pass");
     assert!(
         text.contains("Frag needed") || text.contains("mtu") || text.contains("Message too long"),
@@ -234,7 +275,18 @@ fn oversize_df_packets_get_frag_needed_and_pmtu_works() {
     assert!(
         topo.try_exec(
             &topo.lan_a,
-            &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", &fits, addr::LAN_B]
+            &[
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                &fits,
+                addr::LAN_B
+            ]
         )
         .status
         .success()
@@ -258,14 +310,37 @@ fn packets_from_outside_allowed_ips_are_dropped() {
     let g = sites::up(&topo, Options::default());
     // lanB gets a second address outside what gateway A allows for site B, and pings lanA
     // from it. Gateway B forwards it into the tunnel; gateway A must drop it.
-    topo.exec(&topo.lan_b, &["ip", "addr", "add", "10.77.0.1/32", "dev", "eth0"]);
-    topo.exec(&topo.gw_b, &["ip", "route", "add", "10.77.0.1/32", "via", addr::LAN_B]);
-    assert!(topo.ping_ok(&topo.lan_b, addr::LAN_A), "the allowed source works");
+    topo.exec(
+        &topo.lan_b,
+        &["ip", "addr", "add", "10.77.0.1/32", "dev", "eth0"],
+    );
+    topo.exec(
+        &topo.gw_b,
+        &["ip", "route", "add", "10.77.0.1/32", "via", addr::LAN_B],
+    );
+    assert!(
+        topo.ping_ok(&topo.lan_b, addr::LAN_A),
+        "the allowed source works"
+    );
     let spoofed = topo.try_exec(
         &topo.lan_b,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.77.0.1", addr::LAN_A],
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.77.0.1",
+            addr::LAN_A,
+        ],
     );
-    assert!(!spoofed.status.success(), "a source outside allowed_ips gets nothing through");
+    assert!(
+        !spoofed.status.success(),
+        "a source outside allowed_ips gets nothing through"
+    );
     let status = sites::status(&topo, &topo.gw_a, &g.a);
     assert!(
         status.contains("source not allowed"),
@@ -288,7 +363,9 @@ fn sigterm_cleans_up_and_a_killed_gateway_comes_back() {
     // The device of a killed process disappears with its file descriptor.
     let restarted = Instant::now();
     g.gw_b = sites::start(&topo, &topo.gw_b, &g.b, &g.opts, "gw-b2.log");
-    let back = topo.wait_for(Duration::from_secs(5), || topo.ping_ok(&topo.lan_a, addr::LAN_B));
+    let back = topo.wait_for(Duration::from_secs(5), || {
+        topo.ping_ok(&topo.lan_a, addr::LAN_B)
+    });
     assert!(
         back.is_some(),
         "traffic resumed within 5 s of the restart ({:?})\n--- gw-a\n{}\n--- gw-b2\n{}",
@@ -301,7 +378,12 @@ fn sigterm_cleans_up_and_a_killed_gateway_comes_back() {
     // SIGTERM: exits 0 within 2 s, leaves no device and no route.
     g.gw_a.signal("TERM");
     let code = g.gw_a.wait_exit(Duration::from_secs(2));
-    assert_eq!(code, Some(Some(0)), "gateway A exits 0 within 2 s:\n{}", topo.log("gw-a.log"));
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "gateway A exits 0 within 2 s:\n{}",
+        topo.log("gw-a.log")
+    );
     assert!(!topo.has_link(&topo.gw_a, "sluice0"), "device removed");
     assert!(
         topo.routes_matching(&topo.gw_a, "sluice0").is_empty(),

@@ -59,9 +59,25 @@ pub fn keygen(topo: &Topology, name: &'static str) -> Site {
 /// Writes the config of site A (`a == true`) or B, pinning `peer_fingerprint`.
 pub fn write_config(site: &Site, a: bool, peer_fingerprint: &str, opts: &Options) {
     let (me4, me6, peer_wan, lan_peer4, lan_peer6, tun_peer4, tun_peer6) = if a {
-        ("10.99.0.1/24", "fd99::1/64", addr::WAN_B, "10.2.0.0/24", "fd02::/64", "10.99.0.2/32", "fd99::2/128")
+        (
+            "10.99.0.1/24",
+            "fd99::1/64",
+            addr::WAN_B,
+            "10.2.0.0/24",
+            "fd02::/64",
+            "10.99.0.2/32",
+            "fd99::2/128",
+        )
     } else {
-        ("10.99.0.2/24", "fd99::2/64", addr::WAN_A, "10.1.0.0/24", "fd01::/64", "10.99.0.1/32", "fd99::1/128")
+        (
+            "10.99.0.2/24",
+            "fd99::2/64",
+            addr::WAN_A,
+            "10.1.0.0/24",
+            "fd01::/64",
+            "10.99.0.1/32",
+            "fd99::1/128",
+        )
     };
     let peer_name = if a { "site-b" } else { "site-a" };
     let text = format!(
@@ -262,5 +278,17 @@ pub fn http_server(topo: &Topology, ns: &str, dir: &Path, bind: &str) -> Process
 /// Fetches `url` with curl in namespace `ns` into `out`; panics on failure.
 pub fn fetch(topo: &Topology, ns: &str, url: &str, out: &Path) {
     let out = out.to_string_lossy().into_owned();
-    topo.exec(ns, &["curl", "-sS", "--fail", "--max-time", "120", "-o", &out, url]);
+    topo.exec(
+        ns,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "120",
+            "-o",
+            &out,
+            url,
+        ],
+    );
 }
