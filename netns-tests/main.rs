@@ -5,6 +5,7 @@
 //! skipped; with `CI=true` a skip fails the test. They run one at a time (a lock), because
 //! the machine has two cores and the transfers measure bytes on the WAN link.
 
+mod bench;
 mod harness;
 mod sites;
 

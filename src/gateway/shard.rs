@@ -96,10 +96,40 @@ enum Event {
     Timer,
 }
 
+/// Logs malformed input at most once per [`MalformedLog::EVERY`], with the count since the
+/// last line, so a hostile or broken peer cannot flood the log.
+#[derive(Default)]
+struct MalformedLog {
+    last: Option<Timestamp>,
+    suppressed: u64,
+}
+
+impl MalformedLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn note(&mut self, now: Timestamp, error: crate::core::wire::WireError) {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_since(last) < Self::EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            %error,
+            suppressed = self.suppressed,
+            "malformed datagram from peer dropped (at most one line per 10 s)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
 /// The running shard: configuration plus per-peer state and scratch buffers.
 struct Running {
     shard: Shard,
     states: Vec<Option<PeerState>>,
+    malformed_log: MalformedLog,
     /// Scratch for one datagram or one restored packet.
     out: Vec<u8>,
     /// Scratch for control messages.
@@ -115,6 +145,7 @@ impl Shard {
         let mut running = Running {
             shard: self,
             states: (0..peers).map(|_| None).collect(),
+            malformed_log: MalformedLog::default(),
             out: vec![0; 65_536],
             control: vec![0; 64],
         };
@@ -314,7 +345,7 @@ impl Running {
         };
         if let Err(e) = decoder.handle_datagram(now, bytes) {
             add(&counters.malformed, 1);
-            tracing::debug!(error = %e, "datagram from peer dropped");
+            self.malformed_log.note(now, e);
         }
     }
 
