@@ -71,11 +71,13 @@ fn check_message(msg: &[u8]) {
 /// Walks a packet area entry by entry until it ends or an entry is malformed.
 fn walk_area(mut area: &[u8]) {
     while !area.is_empty() {
-        let Ok((packet, used)) = wire::next_area_entry(area) else {
+        let Ok((entry, used)) = wire::next_area_entry(area) else {
             return;
         };
+        let packet = entry.packet;
         assert!(!packet.is_empty() && packet.len() <= MAX_PACKET_LEN);
-        assert!(used <= area.len() && used > packet.len());
+        assert!(entry.meta.len() <= wire::MAX_META_LEN);
+        assert!(used <= area.len() && used > packet.len() + entry.meta.len());
         let _ = packet::inspect(packet);
         area = &area[used..];
     }

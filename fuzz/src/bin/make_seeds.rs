@@ -261,6 +261,7 @@ fn single_messages(seeds: &mut Seeds) -> Result<()> {
     let hello = Hello {
         capabilities: Capabilities::supported(),
         shards: 4,
+        instance: 0x5eed_5eed_5eed_5eed,
     };
     seeds.write("hello", &hello.encode())?;
     Ok(())
