@@ -480,7 +480,7 @@ impl FlowKey {
     pub fn hash(&self) -> u64 {
         let mut buf = [0u8; FLOW_KEY_ENCODED_MAX];
         let len = self.encode(&mut buf);
-        xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..len], FLOW_HASH_SEED)
+        twox_hash::XxHash3_64::oneshot_with_seed(FLOW_HASH_SEED, &buf[..len])
     }
 
     /// Writes the canonical encoding used by [`FlowKey::hash`]; returns its length.

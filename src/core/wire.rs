@@ -639,7 +639,7 @@ pub fn parse_block(block: &[u8]) -> Result<(BlockHeader, &[u8]), WireError> {
 
 /// The checksum of a packet area sent as block `id`.
 pub fn area_checksum(id: BlockId, area: &[u8]) -> u32 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(area, id.checksum_seed()) as u32
+    twox_hash::XxHash3_64::oneshot_with_seed(id.checksum_seed(), area) as u32
 }
 
 /// Most bytes of per-packet metadata an entry can carry.
