@@ -98,10 +98,11 @@ pub fn report(state: &State) -> String {
             Some(c) => {
                 let _ = writeln!(
                     out,
-                    "peer {}: connected to {}  rtt {:.2} ms  fingerprint {}",
+                    "peer {}: connected to {}  rtt {:.2} ms  connections so far {}  fingerprint {}",
                     peer.name,
                     c.remote_address(),
                     c.rtt().as_secs_f64() * 1000.0,
+                    session.connects.load(std::sync::atomic::Ordering::Relaxed),
                     peer.fingerprint
                 );
             }

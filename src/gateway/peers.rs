@@ -84,3 +84,45 @@ impl Peers {
         self.route(src) == Some(i)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, digest: u8, nets: &[&str]) -> Peer {
+        Peer {
+            name: name.into(),
+            fingerprint: Fingerprint::from_bytes([digest; 32]),
+            allowed_ips: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            endpoint: None,
+        }
+    }
+
+    #[test]
+    fn several_peers_route_by_longest_prefix_and_accept_only_their_sources() {
+        let peers = Peers::new(vec![
+            peer("wide", 1, &["10.0.0.0/8", "fd00::/8"]),
+            peer("branch", 2, &["10.20.0.0/16"]),
+            peer("host", 3, &["10.20.30.40/32", "fd00:1::/64"]),
+        ]);
+        let cases: &[(&str, Option<usize>)] = &[
+            ("10.1.2.3", Some(0)),
+            ("10.20.1.1", Some(1)),
+            ("10.20.30.40", Some(2)),
+            ("10.20.30.41", Some(1)),
+            ("fd00::1", Some(0)),
+            ("fd00:1::9", Some(2)),
+            ("192.0.2.1", None),
+            ("2001:db8::1", None),
+        ];
+        assert!(!cases.is_empty());
+        for (addr, want) in cases {
+            let addr: IpAddr = addr.parse().unwrap();
+            assert_eq!(peers.route(addr), *want, "route {addr}");
+            // A source is accepted from exactly the peer the address routes to.
+            for i in 0..peers.len() {
+                assert_eq!(peers.allows(i, addr), *want == Some(i), "{addr} from peer {i}");
+            }
+        }
+    }
+}
