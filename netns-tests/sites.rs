@@ -122,11 +122,13 @@ pub struct Gateways {
 /// Starts `sluice up` in gateway namespace `ns` for `site`.
 pub fn start(topo: &Topology, ns: &str, site: &Site, opts: &Options, log: &str) -> Process {
     let config = site.config.to_string_lossy().into_owned();
+    // SLUICE_TEST_LOG overrides the log filter, e.g. "debug" to see why a test failed.
+    let filter = std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| opts.log.to_string());
     topo.spawn_env(
         ns,
         &[sluice(), "up", "-c", &config],
         log,
-        &[("RUST_LOG", opts.log)],
+        &[("RUST_LOG", filter.as_str())],
     )
 }
 

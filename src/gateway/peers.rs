@@ -121,7 +121,11 @@ mod tests {
             assert_eq!(peers.route(addr), *want, "route {addr}");
             // A source is accepted from exactly the peer the address routes to.
             for i in 0..peers.len() {
-                assert_eq!(peers.allows(i, addr), *want == Some(i), "{addr} from peer {i}");
+                assert_eq!(
+                    peers.allows(i, addr),
+                    *want == Some(i),
+                    "{addr} from peer {i}"
+                );
             }
         }
     }

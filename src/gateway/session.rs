@@ -135,7 +135,7 @@ pub async fn run(
         loop {
             generation += 1;
             let wiring = CancellationToken::new();
-            let link = wire_up(index, generation, current, &shared, &wiring);
+            let link = wire_up(index, generation, current, &shared, &wiring).await;
             let conn = link.conn.clone();
             let remote_instance = current_instance(&link);
             tracing::info!(
@@ -150,12 +150,6 @@ pub async fn run(
                 .connects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let origin = link_origin(&link);
-            broadcast(&shared, |_| Command::LinkUp {
-                peer: index,
-                link: link.link.clone(),
-                resync: false,
-            })
-            .await;
             let next = loop {
                 tokio::select! {
                     biased;
@@ -297,8 +291,13 @@ fn link_origin(w: &Wired) -> Origin {
     w.origin
 }
 
-/// Spawns the datagram reader and control reader/writer for an established connection.
-fn wire_up(
+/// Tells the shards about an established connection, then spawns its datagram reader and
+/// control reader/writer.
+///
+/// The order matters: each shard's queue is FIFO, so announcing the link first guarantees
+/// that no datagram or control message of this connection reaches a shard before the shard
+/// knows the link (an epoch announcement handled before the link would be lost).
+async fn wire_up(
     peer: usize,
     generation: u64,
     est: Established,
@@ -313,6 +312,12 @@ fn wire_up(
         remote_shards: est.hello.shards,
     };
     let n = shared.shards.len();
+    broadcast(shared, |_| Command::LinkUp {
+        peer,
+        link: link.clone(),
+        resync: false,
+    })
+    .await;
 
     // Datagrams → shards.
     {

@@ -336,11 +336,23 @@ impl Running {
         add(&counters.wan_in_datagrams, 1);
         add(&counters.wan_in_bytes, bytes.len() as u64);
         let remote = bytes.get(2).copied().map(usize::from);
-        let Some(decoder) = remote
-            .and_then(|r| state.decoders.get_mut(r))
-            .and_then(Option::as_mut)
-        else {
+        let Some(slot) = remote.and_then(|r| state.decoders.get_mut(r)) else {
             add(&counters.malformed, 1);
+            return;
+        };
+        if slot.is_none() {
+            // Data for a remote shard whose epoch we never heard (say, this shard restarted):
+            // a decoder without an epoch drops it and, after its grace period, asks the peer
+            // for a new epoch, so the stream heals by itself.
+            match Decoder::new(self.shard.decoder_config.clone(), bytes[2]) {
+                Ok(d) => *slot = Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create decoder");
+                    return;
+                }
+            }
+        }
+        let Some(decoder) = slot.as_mut() else {
             return;
         };
         if let Err(e) = decoder.handle_datagram(now, bytes) {
