@@ -277,7 +277,7 @@ async fn a_cut_link_passes_nothing_until_restored() {
 fn start_binary(
     upstream: SocketAddr,
     args: &[&str],
-) -> (Child, SocketAddr, BufReader<std::process::ChildStderr>) {
+) -> (Impair, SocketAddr, BufReader<std::process::ChildStderr>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-impair"))
         .args([
             "--listen",
@@ -298,7 +298,34 @@ fn start_binary(
         .unwrap()
         .parse()
         .unwrap();
-    (child, addr, stderr)
+    (Impair(Some(child)), addr, stderr)
+}
+
+/// The binary under test; killed when dropped, so a failing test leaves no relay running.
+struct Impair(Option<Child>);
+
+impl Impair {
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.0.as_ref().expect("still running");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits for the exit and returns the output.
+    fn finish(mut self) -> std::process::Output {
+        let child = self.0.take().expect("still running");
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Impair {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Reads stderr lines until one contains `needle`, and returns it.
@@ -312,12 +339,6 @@ fn wait_for_line(stderr: &mut impl BufRead, needle: &str) -> String {
             return line.trim().to_owned();
         }
     }
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-    assert_eq!(rc, 0);
 }
 
 /// Sends `n` datagrams through the relay at `addr` from a std socket while a second thread
@@ -363,17 +384,17 @@ async fn the_binary_cuts_on_sigusr1_and_prints_its_counters_on_sigterm() {
     // 0.8 × 500 = 400, sd 9.
     assert!((355..=445).contains(&replies), "{replies}");
 
-    signal(&child, libc::SIGUSR1);
+    child.signal(libc::SIGUSR1);
     wait_for_line(&mut stderr, "link cut");
     let during = tokio::task::spawn_blocking(move || send_blocking(addr, 100))
         .await
         .unwrap();
     assert_eq!(during, 0);
-    signal(&child, libc::SIGUSR1);
+    child.signal(libc::SIGUSR1);
     wait_for_line(&mut stderr, "link restored");
 
-    signal(&child, libc::SIGTERM);
-    let output = child.wait_with_output().unwrap();
+    child.signal(libc::SIGTERM);
+    let output = child.finish();
     echo_task.abort();
     assert!(output.status.success(), "{:?}", output.status);
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -467,8 +488,8 @@ fn forwarding_rate() {
         }
         let secs = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(200));
-        signal(&child, libc::SIGTERM);
-        let output = child.wait_with_output().unwrap();
+        child.signal(libc::SIGTERM);
+        let output = child.finish();
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let forwarded = json["up"]["forwarded"].as_u64().unwrap();
         let sunk = counting.join().unwrap();
