@@ -21,6 +21,8 @@
 //!   - [`control`]: the local control socket behind `sluice status`.
 //!   - [`notify`]: systemd readiness.
 //!   - [`demo`]: `sluice demo`, two sites in network namespaces.
+//! - [`impair`] is a test tool beside the product: `sluice-impair`, a seeded UDP relay that
+//!   impairs traffic like a WAN link (its [`impair::model`] is sans-IO like the core).
 
 pub mod config;
 pub mod control;
@@ -28,6 +30,7 @@ pub mod core;
 pub mod demo;
 pub mod gateway;
 pub mod identity;
+pub mod impair;
 pub mod netlink;
 pub mod notify;
 pub mod transport;
