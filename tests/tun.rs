@@ -252,8 +252,10 @@ fn ping_is_answered_through_the_device() {
                 loop {
                     let received = queue.recv(&mut buf).await.expect("TUN read");
                     if let Some(reply) = echo_reply(&buf[..received.len]) {
-                        queue.send(&reply, None).await.expect("TUN write");
+                        // Count before the write: the ping can return (and the test abort this
+                        // task) as soon as the reply is delivered, before a later increment.
                         answered.fetch_add(1, Ordering::Relaxed);
+                        queue.send(&reply, None).await.expect("TUN write");
                     }
                 }
             }

@@ -137,7 +137,7 @@ pub async fn run(
             let wiring = CancellationToken::new();
             let link = wire_up(index, generation, current, &shared, &wiring).await;
             let conn = link.conn.clone();
-            let remote_instance = current_instance(&link);
+            let remote_instance = link.instance;
             tracing::info!(
                 peer = %peer.name,
                 remote = %conn.remote_address(),
@@ -149,7 +149,7 @@ pub async fn run(
             status
                 .connects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let origin = link_origin(&link);
+            let origin = link.origin;
             let next = loop {
                 tokio::select! {
                     biased;
@@ -277,18 +277,14 @@ async fn handshake(
 
 /// A connection wired to the shards.
 struct Wired {
+    /// What the shards were given.
     link: Link,
+    /// The connection itself (also inside `link`), for closing and status.
     conn: Connection,
+    /// The peer's per-process instance id from its hello: a new one means it restarted.
     instance: u64,
+    /// Who dialled, for resolving a simultaneous dial.
     origin: Origin,
-}
-
-fn current_instance(w: &Wired) -> u64 {
-    w.instance
-}
-
-fn link_origin(w: &Wired) -> Origin {
-    w.origin
 }
 
 /// Tells the shards about an established connection, then spawns its datagram reader and
