@@ -268,15 +268,7 @@ fn open_with_offload(config: &TunConfig) -> io::Result<tun_rs::SyncDevice> {
         return Err(io::Error::other("the device has no virtio-net header"));
     }
     let probe = offload_probe();
-    let meta = GsoMeta {
-        kind: GsoKind::TcpV4,
-        ecn: false,
-        segment_size: PROBE_SEGMENT,
-        checksum: Some(PartialChecksum {
-            start: 20,
-            offset: 16,
-        }),
-    };
+    let meta = probe_meta();
     let hdr_len = meta.check(&probe).map_err(io::Error::other)?;
     let hdr = meta.to_virtio(hdr_len);
     let written = device.send_vectored(&[IoSlice::new(&hdr), IoSlice::new(&probe)])?;
@@ -299,6 +291,20 @@ fn open_first(config: &TunConfig, offload: bool) -> io::Result<tun_rs::SyncDevic
 
 /// Payload bytes per segment of the offload probe.
 const PROBE_SEGMENT: u16 = 8;
+
+/// The metadata the probe is written with: TCP/IPv4 segmentation, checksum of the TCP header
+/// (20 bytes into the packet, checksum field 16 bytes into TCP) left to the kernel.
+fn probe_meta() -> GsoMeta {
+    GsoMeta {
+        kind: GsoKind::TcpV4,
+        ecn: false,
+        segment_size: PROBE_SEGMENT,
+        checksum: Some(PartialChecksum {
+            start: 20,
+            offset: 16,
+        }),
+    }
+}
 
 /// The offload self-test packet: TCP/IPv4 192.0.2.1 -> 192.0.2.2 carrying two segments, with
 /// the pseudo-header sum in the TCP checksum field, and a wrong IPv4 header checksum so the IP
@@ -448,15 +454,7 @@ mod tests {
     #[test]
     fn offload_probe_is_a_valid_super_packet_with_a_bad_ip_checksum() {
         let probe = offload_probe();
-        let meta = GsoMeta {
-            kind: GsoKind::TcpV4,
-            ecn: false,
-            segment_size: PROBE_SEGMENT,
-            checksum: Some(PartialChecksum {
-                start: 20,
-                offset: 16,
-            }),
-        };
+        let meta = probe_meta();
         assert_eq!(meta.check(&probe), Ok(40));
         // Two segments of payload: a real GSO write, not a "too small to be GSO" one.
         assert_eq!(probe.len() - 40, 2 * usize::from(PROBE_SEGMENT));

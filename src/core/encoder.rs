@@ -362,7 +362,7 @@ impl Encoder {
             };
             (q, Some(q))
         };
-        if !own && slot_waiting && slot.pushed_at > 0 {
+        if !own && slot_waiting {
             // Another flow with packets waiting owns the slot: leave it.
             return queue;
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::counters::{ShardCounters, add};
 use super::peers::{Link, Peers};
+use crate::core::packet::{Ipv4Packet, Ipv6Packet};
 use crate::core::wire::{self, Ack, Reset, ResetKind};
 use crate::core::{Decoder, DecoderConfig, Encoder, EncoderConfig, Timestamp};
 use crate::tun::{GsoMeta, TunQueue};
@@ -485,18 +486,32 @@ fn send_control(link: &Link, msg: &[u8]) {
     }
 }
 
-/// Destination address of an IPv4/IPv6 packet.
+/// Destination address of an IPv4/IPv6 packet. Only the fixed header is checked: the
+/// encoder validates the whole packet right after, so a full `inspect` here would parse it
+/// twice.
 fn destination(packet: &[u8]) -> Option<IpAddr> {
-    crate::core::packet::inspect(packet)
-        .ok()
-        .map(|info| info.flow.dst)
+    match packet.first()? >> 4 {
+        4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|p| IpAddr::V4(p.dst_addr())),
+        6 => Ipv6Packet::new_checked(packet)
+            .ok()
+            .map(|p| IpAddr::V6(p.dst_addr())),
+        _ => None,
+    }
 }
 
-/// Source address of an IPv4/IPv6 packet.
+/// Source address of a restored packet (already fully validated by the decoder).
 fn source(packet: &[u8]) -> Option<IpAddr> {
-    crate::core::packet::inspect(packet)
-        .ok()
-        .map(|info| info.flow.src)
+    match packet.first()? >> 4 {
+        4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|p| IpAddr::V4(p.src_addr())),
+        6 => Ipv6Packet::new_checked(packet)
+            .ok()
+            .map(|p| IpAddr::V6(p.src_addr())),
+        _ => None,
+    }
 }
 
 /// Parses a control frame from the peer into what a shard acts on, with the shard it is for:
