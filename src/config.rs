@@ -60,6 +60,7 @@ routes = true
 compression = "auto"
 zstd_level = 1
 max_delay = "0ms"
+dedupe_cache = "64MiB"
 "#;
 
 /// Provider name of [`DEFAULTS`], used to tell where a value came from.
@@ -168,6 +169,12 @@ pub enum ValueError {
     ByteSize {
         /// The offending text.
         text: String,
+    },
+    /// A dedupe cache size out of range.
+    #[error("{given} is not a dedupe cache size: use 0 (off) or 1MiB to 4GiB")]
+    DedupeCache {
+        /// The size given.
+        given: ByteSize,
     },
     /// Not a compression mode.
     #[error("{text:?} is not a compression mode; allowed: auto, lz4, zstd, off")]
@@ -870,7 +877,15 @@ pub struct Optimize {
     pub zstd_level: ZstdLevel,
     /// Longest a partial batch waits for more packets; zero = never wait.
     pub max_delay: Duration,
+    /// Dedupe ring per peer and direction; zero = dedupe off. Both gateways use the smaller
+    /// of their two values.
+    pub dedupe_cache: ByteSize,
 }
+
+/// Smallest non-zero `dedupe_cache`: one ring segment.
+pub const MIN_DEDUPE_CACHE: u64 = 1 << 20;
+/// Largest `dedupe_cache`: ring offsets are 32-bit.
+pub const MAX_DEDUPE_CACHE: u64 = crate::core::dedupe::MAX_CACHE as u64;
 
 /// One `[[peer]]`: a gateway we tunnel to.
 #[derive(Clone, Debug, PartialEq)]
@@ -1117,6 +1132,8 @@ struct RawOptimize {
     compression: String,
     zstd_level: i64,
     max_delay: String,
+    /// A size string (`"64MiB"`) or a number of bytes (`0`).
+    dedupe_cache: Value,
 }
 
 #[derive(Deserialize)]
@@ -1149,6 +1166,22 @@ fn auto_or_number(value: &Value) -> Result<AutoOr, ValueError> {
         }),
         other => Err(ValueError::AutoOrNumber {
             found: describe(other).to_owned(),
+        }),
+    }
+}
+
+/// Reads a size: a string such as `"64MiB"` or a whole number of bytes.
+fn byte_size(value: &Value) -> Result<ByteSize, ValueError> {
+    match value {
+        Value::String(_, text) => text.parse(),
+        Value::Num(_, num) => integer(*num)
+            .and_then(|n| u64::try_from(n).ok())
+            .map(ByteSize::new)
+            .ok_or_else(|| ValueError::ByteSize {
+                text: num.to_f64().map_or_else(String::new, |f| f.to_string()),
+            }),
+        other => Err(ValueError::ByteSize {
+            text: describe(other).to_owned(),
         }),
     }
 }
@@ -1329,10 +1362,21 @@ impl Loader<'_> {
                 }
             })
             .map_err(|e| self.value_error("optimize.max_delay", "optimize.max_delay", e))?;
+        let dedupe_cache = byte_size(&raw.dedupe_cache)
+            .and_then(|size| {
+                let bytes = size.bytes();
+                if bytes == 0 || (MIN_DEDUPE_CACHE..=MAX_DEDUPE_CACHE).contains(&bytes) {
+                    Ok(size)
+                } else {
+                    Err(ValueError::DedupeCache { given: size })
+                }
+            })
+            .map_err(|e| self.value_error("optimize.dedupe_cache", "optimize.dedupe_cache", e))?;
         Ok(Optimize {
             compression,
             zstd_level,
             max_delay,
+            dedupe_cache,
         })
     }
 

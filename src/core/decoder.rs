@@ -18,11 +18,17 @@
 //!   for a new one ([`Decoder::poll_control`]).
 //! - **Acks.** The decoder acknowledges restored blocks, cumulatively, every
 //!   [`DecoderConfig::ack_every`] blocks or after [`DecoderConfig::ack_delay`].
+//! - **Dedupe.** With the peer's [`DecoderCache`] (shared by the shards), a placed block's
+//!   references are resolved against the ring, the restored area is checked against the block
+//!   checksum, and only then is the area written to the ring and the block acked: the peer's
+//!   encoder refers only to acked blocks, so every reference it makes can be resolved here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Timestamp;
 use super::compress::Decompressor;
+use super::dedupe::{DecoderCache, DedupeError};
 use super::packet;
 use super::stats::DecoderStats;
 use super::wire::{
@@ -196,6 +202,10 @@ pub struct Decoder {
     ready_end: usize,
     /// Scratch area for verifying a block far ahead of the window.
     scratch: Vec<u8>,
+    /// The peer's dedupe context, shared with the other shards; `None`: dedupe off.
+    dedupe: Option<Arc<DecoderCache>>,
+    /// Scratch for one block's decompressed dedupe stream.
+    stream: Vec<u8>,
     /// Newest restored sequence number and the bitmap of the 64 before it.
     largest: Option<u32>,
     received: u64,
@@ -232,6 +242,8 @@ impl Decoder {
             ready_start: 0,
             ready_end: 0,
             scratch: Vec::new(),
+            dedupe: None,
+            stream: Vec::new(),
             largest: None,
             received: 0,
             unacked: 0,
@@ -241,6 +253,23 @@ impl Decoder {
             request_pending: false,
             stats: DecoderStats::default(),
         })
+    }
+
+    /// Takes part in the peer's dedupe context (shared by every shard receiving from that
+    /// peer); `None`: blocks with references are refused.
+    pub fn set_dedupe(&mut self, cache: Option<Arc<DecoderCache>>) {
+        if cache.is_some() && self.stream.is_empty() {
+            self.stream = vec![0; MAX_AREA_LEN];
+        }
+        self.dedupe = cache;
+    }
+
+    /// Takes a dedupe message from the peer: an epoch announcement goes to the shared context
+    /// (requests are for the encoder side and are ignored here).
+    pub fn handle_dedupe(&mut self, _now: Timestamp, msg: wire::DedupeReset) {
+        if let (Some(cache), ResetKind::Announce) = (self.dedupe.as_deref(), msg.kind) {
+            cache.handle_announce(msg.epoch);
+        }
     }
 
     /// The shard whose encoder this decoder follows.
@@ -377,12 +406,14 @@ impl Decoder {
         // Verify by restoring into scratch; only a block that checks out moves the window.
         self.scratch.resize(MAX_AREA_LEN, 0);
         let mut scratch = std::mem::take(&mut self.scratch);
-        let verdict = restore(
-            &mut self.decompressor,
-            id,
-            &self.far.buf[..block_len],
-            &mut scratch,
-        );
+        let mut context = Restore {
+            decompressor: &mut self.decompressor,
+            dedupe: self.dedupe.as_deref(),
+            stream: &mut self.stream,
+            // Only verified here; it is stored when restored for delivery.
+            store: false,
+        };
+        let verdict = context.restore(id, &self.far.buf[..block_len], &mut scratch);
         self.scratch = scratch;
         if let Err(e) = verdict {
             self.held -= self.far.held();
@@ -432,7 +463,13 @@ impl Decoder {
         block: &[u8],
     ) -> Result<(), WireError> {
         let out = &mut self.ready[self.ready_end..];
-        let restored = restore(&mut self.decompressor, id, block, out)?;
+        let mut context = Restore {
+            decompressor: &mut self.decompressor,
+            dedupe: self.dedupe.as_deref(),
+            stream: &mut self.stream,
+            store: true,
+        };
+        let restored = context.restore(id, block, out)?;
         self.ready_end += restored.area_len;
         let counters = &mut self.stats.codecs[restored.codec.id() as usize];
         counters.blocks += 1;
@@ -634,6 +671,15 @@ impl Decoder {
     /// # Panics
     /// If `buf` is shorter than [`wire::ACK_LEN`].
     pub fn poll_control(&mut self, now: Timestamp, buf: &mut [u8]) -> Option<usize> {
+        if let Some(epoch) = self.dedupe.as_deref().and_then(DecoderCache::poll_request) {
+            let msg = wire::DedupeReset {
+                epoch,
+                kind: ResetKind::Request,
+            }
+            .encode();
+            buf[..msg.len()].copy_from_slice(&msg);
+            return Some(msg.len());
+        }
         if self.request_pending {
             self.request_pending = false;
             self.stats.reset_requests += 1;
@@ -677,38 +723,87 @@ struct Restored {
     body_len: usize,
 }
 
-/// Decompresses `block` into the front of `out` and checks it completely: exact length,
-/// checksum, entry framing and that every entry is an IP packet.
-fn restore(
-    decompressor: &mut Decompressor,
-    id: BlockId,
-    block: &[u8],
-    out: &mut [u8],
-) -> Result<Restored, WireError> {
-    let (header, body) = wire::parse_block(block)?;
-    let area = out
-        .get_mut(..header.area_len)
-        .ok_or(WireError::BadAreaLength)?;
-    decompressor
-        .decompress(header.codec, body, area)
-        .map_err(|_| WireError::Decompress)?;
-    if wire::area_checksum(id, area) != header.checksum {
-        return Err(WireError::Checksum);
+/// What restoring a block needs besides the block.
+struct Restore<'a> {
+    decompressor: &'a mut Decompressor,
+    dedupe: Option<&'a DecoderCache>,
+    /// Scratch for a dedupe stream ([`MAX_AREA_LEN`] bytes once dedupe is on).
+    stream: &'a mut [u8],
+    /// Write a placed block's area to the dedupe ring once it checks out.
+    store: bool,
+}
+
+impl Restore<'_> {
+    /// Decompresses `block` (and expands its dedupe references) into the front of `out` and
+    /// checks it completely: exact length, checksum, entry framing and that every entry is an
+    /// IP packet. A placed block that checks out is then written to the dedupe ring.
+    fn restore(
+        &mut self,
+        id: BlockId,
+        block: &[u8],
+        out: &mut [u8],
+    ) -> Result<Restored, WireError> {
+        let (header, body) = wire::parse_block(block)?;
+        let area = out
+            .get_mut(..header.area_len)
+            .ok_or(WireError::BadAreaLength)?;
+        let place = header.place.filter(|_| self.dedupe.is_some());
+        if let (Some(place), Some(cache)) = (place, self.dedupe)
+            && !cache.valid_place(place, header.area_len)
+        {
+            return Err(WireError::BadDedupe);
+        }
+        match (header.place, header.stream_len) {
+            (Some(place), Some(stream_len)) => {
+                let Some(cache) = self.dedupe else {
+                    return Err(WireError::BadReference);
+                };
+                let stream = self
+                    .stream
+                    .get_mut(..stream_len)
+                    .ok_or(WireError::BadDedupe)?;
+                self.decompressor
+                    .decompress(header.codec, body, stream)
+                    .map_err(|_| WireError::Decompress)?;
+                cache.expand(place, stream, area).map_err(|e| match e {
+                    DedupeError::Malformed => WireError::BadDedupe,
+                    DedupeError::BadReference => WireError::BadReference,
+                })?;
+                if wire::area_checksum(id, area) != header.checksum {
+                    // The rings disagree: never deliver, and start over with a new epoch.
+                    cache.checksum_failed(place.epoch);
+                    return Err(WireError::Checksum);
+                }
+            }
+            _ => {
+                self.decompressor
+                    .decompress(header.codec, body, area)
+                    .map_err(|_| WireError::Decompress)?;
+                if wire::area_checksum(id, area) != header.checksum {
+                    return Err(WireError::Checksum);
+                }
+            }
+        }
+        let mut at = 0;
+        let mut count = 0;
+        while at < area.len() {
+            let (entry, used) = wire::next_area_entry(&area[at..])?;
+            packet::inspect(entry.packet).map_err(|_| WireError::BadPacket)?;
+            at += used;
+            count += 1;
+        }
+        if count != header.packet_count {
+            return Err(WireError::BadPacketArea);
+        }
+        if self.store
+            && let (Some(place), Some(cache)) = (place, self.dedupe)
+        {
+            cache.store(place, area);
+        }
+        Ok(Restored {
+            codec: header.codec,
+            area_len: header.area_len,
+            body_len: body.len(),
+        })
     }
-    let mut at = 0;
-    let mut count = 0;
-    while at < area.len() {
-        let (entry, used) = wire::next_area_entry(&area[at..])?;
-        packet::inspect(entry.packet).map_err(|_| WireError::BadPacket)?;
-        at += used;
-        count += 1;
-    }
-    if count != header.packet_count {
-        return Err(WireError::BadPacketArea);
-    }
-    Ok(Restored {
-        codec: header.codec,
-        area_len: header.area_len,
-        body_len: body.len(),
-    })
 }

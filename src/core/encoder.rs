@@ -21,16 +21,32 @@
 //! - **Epochs.** The encoder announces its epoch on the control path when created and whenever
 //!   its peer's decoder asks for a new one ([`Encoder::poll_control`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Timestamp;
 use super::compress::{Codec, Compressor};
+use super::dedupe::encode::Encoded;
+use super::dedupe::{EncoderCache, Place};
 use super::packet;
 use super::stats::EncoderStats;
 use super::wire::{
     self, Ack, BlockHeader, BlockId, Fragment, MAX_AREA_LEN, MAX_BLOCK_LEN, MAX_PACKET_LEN,
     MAX_PACKETS_PER_BLOCK, MIN_DATAGRAM_SIZE, Reset, ResetKind,
 };
+
+/// Placed blocks remembered until their ack: one slot per sequence number modulo this. The
+/// decoder acks within 64 blocks (its ack bitmap); older blocks stay unreferenced.
+const IN_FLIGHT: usize = 256;
+
+/// A placed block waiting for its ack.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    seq: u32,
+    place: Place,
+    len: u32,
+    live: bool,
+}
 
 /// A flow's verdict is re-judged after this many packets, so a connection that switches from
 /// compressed to plain content (HTTP keep-alive) is noticed...
@@ -208,6 +224,12 @@ pub struct Encoder {
     out: Outgoing,
     /// An epoch announcement waiting for the control path.
     announce: bool,
+    /// The peer's dedupe context, shared with the other shards; `None`: dedupe off.
+    dedupe: Option<Arc<EncoderCache>>,
+    /// Scratch for one block's dedupe stream.
+    dedupe_stream: Vec<u8>,
+    /// Placed blocks not yet acked, by sequence number modulo [`IN_FLIGHT`].
+    in_flight: Box<[InFlight]>,
     stats: EncoderStats,
 }
 
@@ -245,9 +267,30 @@ impl Encoder {
                 sent: 0,
             },
             announce: true,
+            dedupe: None,
+            dedupe_stream: Vec::new(),
+            in_flight: vec![
+                InFlight {
+                    seq: 0,
+                    place: Place { epoch: 0, pos: 0 },
+                    len: 0,
+                    live: false,
+                };
+                IN_FLIGHT
+            ]
+            .into_boxed_slice(),
             stats: EncoderStats::default(),
             config,
         })
+    }
+
+    /// Takes part in the peer's dedupe context (shared by every shard sending to that peer);
+    /// `None` turns dedupe off for blocks encoded from now on.
+    pub fn set_dedupe(&mut self, cache: Option<Arc<EncoderCache>>) {
+        self.dedupe = cache;
+        for entry in self.in_flight.iter_mut() {
+            entry.live = false;
+        }
     }
 
     /// The shard this encoder serves.
@@ -491,24 +534,44 @@ impl Encoder {
             packet_count: count,
             area_len: area.len(),
             checksum: wire::area_checksum(id, area),
+            place: None,
+            stream_len: None,
         };
+        // Dedupe first: the codec then sees the literals and references, or the plain area.
+        let mut input = area;
+        if let Some(cache) = self.dedupe.as_deref()
+            && cache.wants(area.len())
+        {
+            let place = cache.reserve(area.len());
+            header.place = Some(place);
+            if cache.encode(place, area, &mut self.dedupe_stream) == Encoded::Stream {
+                header.stream_len = Some(self.dedupe_stream.len());
+                input = &self.dedupe_stream;
+            }
+            self.in_flight[id.seq as usize % IN_FLIGHT] = InFlight {
+                seq: id.seq,
+                place,
+                len: area.len() as u32,
+                live: true,
+            };
+        }
         let body_at = header.len();
         let body = &mut self.out.bytes[body_at..];
         let mut direct = None;
-        let body_len = match self.compressor.compress(wanted, area, body) {
+        let body_len = match self.compressor.compress(wanted, input, body) {
             Some(n) => n,
             None => {
                 header.codec = Codec::Raw;
-                let data_len = wire::BLOCK_ID_LEN + body_at + area.len();
+                let data_len = wire::BLOCK_ID_LEN + body_at + input.len();
                 if data_len <= max {
                     let mut n = wire::write_data_header(id, buf);
                     n += header.write(&mut buf[n..]);
-                    buf[n..data_len].copy_from_slice(area);
+                    buf[n..data_len].copy_from_slice(input);
                     direct = Some(data_len);
                 } else {
-                    body[..area.len()].copy_from_slice(area);
+                    body[..input.len()].copy_from_slice(input);
                 }
-                area.len()
+                input.len()
             }
         };
         self.out.id = id;
@@ -523,7 +586,7 @@ impl Encoder {
 
         let counters = &mut self.stats.codecs[header.codec.id() as usize];
         counters.blocks += 1;
-        counters.area_bytes += area.len() as u64;
+        counters.area_bytes += input.len() as u64;
         counters.body_bytes += body_len as u64;
         self.stats.blocks += 1;
 
@@ -576,6 +639,24 @@ impl Encoder {
             return;
         }
         self.stats.acks += 1;
+        if let Some(cache) = self.dedupe.as_deref() {
+            // Every block this ack shows as received becomes referenceable.
+            let in_flight = &mut self.in_flight;
+            let mut mark = |seq: u32| {
+                let entry = &mut in_flight[seq as usize % IN_FLIGHT];
+                if entry.live && entry.seq == seq {
+                    entry.live = false;
+                    cache.acked(entry.place, entry.len as usize);
+                }
+            };
+            mark(largest);
+            let mut bits = ack.received;
+            while bits != 0 {
+                let i = bits.trailing_zeros();
+                mark(largest.wrapping_sub(1 + i));
+                bits &= bits - 1;
+            }
+        }
         // How far the newest acknowledged block is ahead of the oldest uncounted one; an ack
         // older than what was already counted (negative distance) adds nothing.
         let ahead = largest.wrapping_sub(self.unaccounted) as i32;
@@ -612,7 +693,18 @@ impl Encoder {
         self.unaccounted = 0;
         self.out.sent = self.out.len;
         self.announce = true;
+        for entry in self.in_flight.iter_mut() {
+            entry.live = false;
+        }
         self.stats.resets += 1;
+    }
+
+    /// Takes a dedupe message from the peer: a request for a new dedupe epoch goes to the
+    /// shared context (announcements are for the decoder side and are ignored here).
+    pub fn handle_dedupe(&mut self, _now: Timestamp, msg: wire::DedupeReset) {
+        if let (Some(cache), ResetKind::Request) = (self.dedupe.as_deref(), msg.kind) {
+            cache.handle_request(msg.epoch);
+        }
     }
 
     /// Writes the next control message (an epoch announcement) into `buf`; `None` if there is
@@ -621,6 +713,15 @@ impl Encoder {
     /// # Panics
     /// If `buf` is shorter than [`wire::RESET_LEN`].
     pub fn poll_control(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if let Some(epoch) = self.dedupe.as_deref().and_then(EncoderCache::poll_announce) {
+            let msg = wire::DedupeReset {
+                epoch,
+                kind: ResetKind::Announce,
+            }
+            .encode();
+            buf[..msg.len()].copy_from_slice(&msg);
+            return Some(msg.len());
+        }
         if !self.announce {
             return None;
         }

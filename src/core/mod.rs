@@ -11,10 +11,12 @@
 //! - [`wire`]: wire format v1, every message documented field by field.
 //! - [`compress`]: lz4 / zstd / raw block codecs behind one interface.
 //! - [`encoder`] / [`decoder`]: the per-peer, per-shard state machines.
+//! - [`dedupe`]: the per-peer byte cache that replaces repeated ranges with references.
 //! - [`stats`]: the counters they keep.
 
 pub mod compress;
 pub mod decoder;
+pub mod dedupe;
 pub mod encoder;
 pub mod packet;
 pub mod stats;

@@ -5,7 +5,7 @@
 //! | offset | size | field   | meaning                                                  |
 //! |-------:|-----:|---------|----------------------------------------------------------|
 //! | 0      | 1    | version | [`VERSION`] (1). Anything else is [`WireError::UnknownVersion`]. |
-//! | 1      | 1    | type    | [`MessageType`]: 1 data, 2 fragment, 3 ack, 4 reset, 5 hello. |
+//! | 1      | 1    | type    | [`MessageType`]: 1 data, 2 fragment, 3 ack, 4 reset, 5 hello, 6 dedupe. |
 //!
 //! Multi-byte integers are big-endian. `varint` is a QUIC variable-length integer
 //! ([`crate::core::varint`]): sluice writes at most four bytes for one.
@@ -41,11 +41,17 @@
 //!
 //! | size   | field        | meaning |
 //! |-------:|--------------|---------|
-//! | 1      | codec        | low nibble: [`Codec`] id (0 raw, 1 lz4, 2 zstd); high nibble: flags, 0 in v1 |
+//! | 1      | codec        | low nibble: [`Codec`] id (0 raw, 1 lz4, 2 zstd); high nibble: flags [`FLAG_PLACED`] (0x10), [`FLAG_REFS`] (0x20); other flags are errors |
 //! | varint | packet_count | packets in the block, 1..=[`MAX_PACKETS_PER_BLOCK`] |
-//! | varint | raw_len      | length of the packet area once decompressed, 1..=[`MAX_AREA_LEN`] |
+//! | varint | raw_len      | length of the packet area once restored, 1..=[`MAX_AREA_LEN`] |
 //! | 4      | checksum     | low 32 bits of xxh3-64 of the packet area, seeded with the block identity |
-//! | rest   | body         | the packet area, compressed with `codec` (raw: the area itself) |
+//! | 2      | dedupe_epoch | only with `PLACED`: the dedupe epoch of the block's place |
+//! | varint | chunk        | only with `PLACED`: its position in the dedupe ring, in 128-byte chunks |
+//! | varint | stream_len   | only with `REFS` (which needs `PLACED`): length of the dedupe stream once decompressed, 1..=[`MAX_AREA_LEN`] |
+//! | rest   | body         | compressed with `codec` (raw: as is): the packet area, or with `REFS` the dedupe stream of literals and references that restores it (see [`crate::core::dedupe`]) |
+//!
+//! A `PLACED` block's area is written to the receiver's dedupe ring at its place once it is
+//! restored and verified; later blocks may refer to it once the receiver has acked it.
 //!
 //! The **packet area** is `packet_count` entries, and must be consumed exactly. One entry:
 //!
@@ -80,6 +86,13 @@
 //! | 2      | 4    | capabilities | bit set, [`Capabilities`]; unknown bits are ignored |
 //! | 6      | 1    | shards       | how many encoders (shards) the sender runs, 1..=255 |
 //! | 7      | 8    | instance     | random per process start: a new value means the peer restarted |
+//! | 15     | 4    | dedupe_cache | the sender's dedupe cache in KiB (0: off); both ends use the smaller |
+//!
+//! # 6: dedupe — a dedupe epoch change (control path, per peer and direction)
+//!
+//! `version, type=6, epoch` (2 bytes), then `kind` (1 byte): 0 = announce (encoder → decoder:
+//! "my references are of `epoch` from now on"), 1 = request (decoder → encoder: "I cannot
+//! follow `epoch`; start a new one"). 5 bytes in all.
 //!
 //! # Bounds
 //!
@@ -109,8 +122,18 @@ pub const MAX_AREA_LEN: usize = 66 * 1024;
 /// entry framing) stays under it.
 pub const MAX_PACKETS_PER_BLOCK: usize = 4096;
 
-/// Longest block header: codec byte, two 4-byte varints, checksum.
-pub const MAX_BLOCK_HEADER_LEN: usize = 1 + 4 + 4 + 4;
+/// Longest block header: codec byte, two 4-byte varints, checksum, dedupe epoch, an 8-byte
+/// chunk varint and a 4-byte stream length.
+pub const MAX_BLOCK_HEADER_LEN: usize = 1 + 4 + 4 + 4 + 2 + 8 + 4;
+
+/// Codec-byte flag: the block has a place in the dedupe ring (epoch and chunk follow).
+pub const FLAG_PLACED: u8 = 0x10;
+
+/// Codec-byte flag: the body is a dedupe stream (its length follows the place).
+pub const FLAG_REFS: u8 = 0x20;
+
+/// Bytes per unit of the `chunk` field ([`crate::core::dedupe::ring::CHUNK`]).
+const PLACE_UNIT: u64 = 128;
 
 /// Largest block on the wire. Compression never expands a block (it goes raw instead), so the
 /// body is at most [`MAX_AREA_LEN`].
@@ -130,7 +153,10 @@ pub const ACK_LEN: usize = 17;
 pub const RESET_LEN: usize = 6;
 
 /// Length of an encoded hello message.
-pub const HELLO_LEN: usize = 15;
+pub const HELLO_LEN: usize = 19;
+
+/// Length of an encoded dedupe message.
+pub const DEDUPE_LEN: usize = 5;
 
 /// Message type, the second byte of every message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +172,8 @@ pub enum MessageType {
     Reset = 4,
     /// Capabilities and shard count.
     Hello = 5,
+    /// Dedupe epoch announcement or request.
+    Dedupe = 6,
 }
 
 impl MessageType {
@@ -157,6 +185,7 @@ impl MessageType {
             3 => Some(MessageType::Ack),
             4 => Some(MessageType::Reset),
             5 => Some(MessageType::Hello),
+            6 => Some(MessageType::Dedupe),
             _ => None,
         }
     }
@@ -200,11 +229,17 @@ pub enum WireError {
     BadResetKind,
     /// A hello announces zero shards.
     BadShardCount,
+    /// A block's dedupe place or stream is malformed (misaligned or wrapping place, broken
+    /// stream framing, `REFS` without `PLACED`).
+    BadDedupe,
+    /// A dedupe reference names bytes the receiver does not hold for its epoch (out of range,
+    /// unacknowledged, overwritten, another epoch, or dedupe is off).
+    BadReference,
 }
 
 impl WireError {
     /// Every reason, in [`WireError::index`] order.
-    pub const ALL: [WireError; 17] = [
+    pub const ALL: [WireError; 19] = [
         WireError::Empty,
         WireError::UnknownVersion,
         WireError::UnknownType,
@@ -222,6 +257,8 @@ impl WireError {
         WireError::BadPacket,
         WireError::BadResetKind,
         WireError::BadShardCount,
+        WireError::BadDedupe,
+        WireError::BadReference,
     ];
 
     /// Position in [`WireError::ALL`], for per-reason counters.
@@ -249,6 +286,8 @@ impl WireError {
             WireError::BadPacket => "bad_packet",
             WireError::BadResetKind => "bad_reset_kind",
             WireError::BadShardCount => "bad_shard_count",
+            WireError::BadDedupe => "bad_dedupe",
+            WireError::BadReference => "bad_reference",
         }
     }
 }
@@ -373,6 +412,17 @@ pub struct Hello {
     /// Chosen at random when the sending process starts; a peer that sees a new value knows
     /// the other side restarted (and drops what it held of the old one).
     pub instance: u64,
+    /// The sender's dedupe cache in KiB (0: dedupe off).
+    pub dedupe_cache_kib: u32,
+}
+
+/// A dedupe epoch change for one direction of a peer link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupeReset {
+    /// Announce: the new epoch. Request: the epoch the decoder cannot follow.
+    pub epoch: u16,
+    /// Announce or request.
+    pub kind: ResetKind,
 }
 
 /// One parsed message. Data and fragment messages borrow their payload from the input.
@@ -398,6 +448,8 @@ pub enum Message<'a> {
     Reset(Reset),
     /// Capabilities.
     Hello(Hello),
+    /// Dedupe epoch change.
+    Dedupe(DedupeReset),
 }
 
 /// Parses one message.
@@ -472,10 +524,24 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, WireError> {
                 return Err(WireError::BadShardCount);
             }
             let instance = u64::from_be_bytes(b[7..15].try_into().expect("8 bytes"));
+            let dedupe_cache_kib = u32::from_be_bytes(b[15..19].try_into().expect("4 bytes"));
             Ok(Message::Hello(Hello {
                 capabilities,
                 shards,
                 instance,
+                dedupe_cache_kib,
+            }))
+        }
+        MessageType::Dedupe => {
+            let b = exact::<DEDUPE_LEN>(msg)?;
+            let kind = match b[4] {
+                0 => ResetKind::Announce,
+                1 => ResetKind::Request,
+                _ => return Err(WireError::BadResetKind),
+            };
+            Ok(Message::Dedupe(DedupeReset {
+                epoch: u16::from_be_bytes([b[2], b[3]]),
+                kind,
             }))
         }
     }
@@ -554,7 +620,20 @@ impl Hello {
         out[2..6].copy_from_slice(&self.capabilities.0.to_be_bytes());
         out[6] = self.shards;
         out[7..15].copy_from_slice(&self.instance.to_be_bytes());
+        out[15..19].copy_from_slice(&self.dedupe_cache_kib.to_be_bytes());
         out
+    }
+}
+
+impl DedupeReset {
+    /// Encodes this message.
+    pub fn encode(&self) -> [u8; DEDUPE_LEN] {
+        let e = self.epoch.to_be_bytes();
+        let kind = match self.kind {
+            ResetKind::Announce => 0,
+            ResetKind::Request => 1,
+        };
+        [VERSION, MessageType::Dedupe as u8, e[0], e[1], kind]
     }
 }
 
@@ -569,12 +648,39 @@ pub struct BlockHeader {
     pub area_len: usize,
     /// See [`area_checksum`].
     pub checksum: u32,
+    /// The block's place in the dedupe ring (`PLACED`).
+    pub place: Option<Place>,
+    /// Length of the dedupe stream the body decompresses to (`REFS`); `None`: the body is the
+    /// packet area itself.
+    pub stream_len: Option<usize>,
+}
+
+/// Where a block goes in the receiver's dedupe ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Dedupe epoch.
+    pub epoch: u16,
+    /// Absolute position in bytes, a multiple of 128.
+    pub pos: u64,
 }
 
 impl BlockHeader {
     /// Bytes this header takes on the wire.
     pub fn len(&self) -> usize {
-        1 + varint::len(self.packet_count as u64) + varint::len(self.area_len as u64) + 4
+        let mut n =
+            1 + varint::len(self.packet_count as u64) + varint::len(self.area_len as u64) + 4;
+        if let Some(place) = self.place {
+            n += 2 + varint::len(place.pos / PLACE_UNIT);
+        }
+        if let Some(stream_len) = self.stream_len {
+            n += varint::len(stream_len as u64);
+        }
+        n
+    }
+
+    /// Length of the body once decompressed: the stream with references, else the area.
+    pub fn body_len(&self) -> usize {
+        self.stream_len.unwrap_or(self.area_len)
     }
 
     /// Never true: a header is at least seven bytes. Present because `len` is.
@@ -590,12 +696,30 @@ impl BlockHeader {
     pub fn write(&self, out: &mut [u8]) -> usize {
         debug_assert!((1..=MAX_PACKETS_PER_BLOCK).contains(&self.packet_count));
         debug_assert!((1..=MAX_AREA_LEN).contains(&self.area_len));
-        out[0] = self.codec.id();
+        debug_assert!(self.stream_len.is_none() || self.place.is_some());
+        let mut flags = 0;
+        if self.place.is_some() {
+            flags |= FLAG_PLACED;
+        }
+        if self.stream_len.is_some() {
+            flags |= FLAG_REFS;
+        }
+        out[0] = self.codec.id() | flags;
         let mut n = 1;
         n += varint::write(&mut out[n..], self.packet_count as u64);
         n += varint::write(&mut out[n..], self.area_len as u64);
         out[n..n + 4].copy_from_slice(&self.checksum.to_be_bytes());
-        n + 4
+        n += 4;
+        if let Some(place) = self.place {
+            debug_assert!(place.pos % PLACE_UNIT == 0);
+            out[n..n + 2].copy_from_slice(&place.epoch.to_be_bytes());
+            n += 2;
+            n += varint::write(&mut out[n..], place.pos / PLACE_UNIT);
+        }
+        if let Some(stream_len) = self.stream_len {
+            n += varint::write(&mut out[n..], stream_len as u64);
+        }
+        n
     }
 }
 
@@ -607,7 +731,14 @@ impl BlockHeader {
 /// [`WireError::BadAreaLength`].
 pub fn parse_block(block: &[u8]) -> Result<(BlockHeader, &[u8]), WireError> {
     let codec_byte = *block.first().ok_or(WireError::Truncated)?;
-    let codec = Codec::from_id(codec_byte).ok_or(WireError::UnknownCodec)?;
+    let flags = codec_byte & 0xf0;
+    if flags & !(FLAG_PLACED | FLAG_REFS) != 0 {
+        return Err(WireError::UnknownCodec);
+    }
+    if flags & FLAG_REFS != 0 && flags & FLAG_PLACED == 0 {
+        return Err(WireError::BadDedupe);
+    }
+    let codec = Codec::from_id(codec_byte & 0x0f).ok_or(WireError::UnknownCodec)?;
     let mut n = 1;
     let (packet_count, used) = varint::read(&block[n..])?;
     n += used;
@@ -622,19 +753,44 @@ pub fn parse_block(block: &[u8]) -> Result<(BlockHeader, &[u8]), WireError> {
     if area_len == 0 || area_len > MAX_AREA_LEN as u64 {
         return Err(WireError::BadAreaLength);
     }
+    let mut place = None;
+    if flags & FLAG_PLACED != 0 {
+        let epoch = block.get(n..n + 2).ok_or(WireError::Truncated)?;
+        let epoch = u16::from_be_bytes([epoch[0], epoch[1]]);
+        n += 2;
+        let (chunk, used) = varint::read(&block[n..])?;
+        n += used;
+        // Positions stay below 2^48 (the encoder renews its epoch long before).
+        if chunk >= 1 << 41 {
+            return Err(WireError::BadDedupe);
+        }
+        place = Some(Place {
+            epoch,
+            pos: chunk * PLACE_UNIT,
+        });
+    }
+    let mut stream_len = None;
+    if flags & FLAG_REFS != 0 {
+        let (len, used) = varint::read(&block[n..])?;
+        n += used;
+        if len == 0 || len > MAX_AREA_LEN as u64 {
+            return Err(WireError::BadDedupe);
+        }
+        stream_len = Some(len as usize);
+    }
+    let header = BlockHeader {
+        codec,
+        packet_count: packet_count as usize,
+        area_len: area_len as usize,
+        checksum,
+        place,
+        stream_len,
+    };
     let body = &block[n..];
-    if codec == Codec::Raw && body.len() as u64 != area_len {
+    if codec == Codec::Raw && body.len() != header.body_len() {
         return Err(WireError::BadAreaLength);
     }
-    Ok((
-        BlockHeader {
-            codec,
-            packet_count: packet_count as usize,
-            area_len: area_len as usize,
-            checksum,
-        },
-        body,
-    ))
+    Ok((header, body))
 }
 
 /// The checksum of a packet area sent as block `id`.
@@ -715,6 +871,8 @@ mod tests {
             packet_count: 1,
             area_len: 24,
             checksum: 0xdead_beef,
+            place: None,
+            stream_len: None,
         };
         let mut hdr = [0u8; MAX_BLOCK_HEADER_LEN];
         let n = header.write(&mut hdr);
@@ -749,6 +907,92 @@ mod tests {
         assert_eq!(entry.packet, &[0x45u8; 20][..]);
         assert_eq!(entry.meta, &[0x01, 0x02][..]);
         assert_eq!(used, 24);
+    }
+
+    #[test]
+    fn golden_placed_blocks() {
+        // A placed block with a plain area, then one whose body is a dedupe stream.
+        let placed = BlockHeader {
+            codec: Codec::Lz4,
+            packet_count: 2,
+            area_len: 3000,
+            checksum: 0x0102_0304,
+            place: Some(Place {
+                epoch: 0x0007,
+                pos: 128 * 300,
+            }),
+            stream_len: None,
+        };
+        let mut hdr = [0u8; MAX_BLOCK_HEADER_LEN];
+        let n = placed.write(&mut hdr);
+        assert_eq!(n, placed.len());
+        #[rustfmt::skip]
+        let golden: &[u8] = &[
+            0x11,                   // lz4, PLACED
+            0x02,                   // two packets
+            0x4b, 0xb8,             // area 3000 bytes
+            0x01, 0x02, 0x03, 0x04, // checksum
+            0x00, 0x07,             // dedupe epoch 7
+            0x41, 0x2c,             // chunk 300 (position 38400)
+        ];
+        assert_eq!(&hdr[..n], golden);
+        let mut block = golden.to_vec();
+        block.extend_from_slice(&[0xee; 5]);
+        assert_eq!(parse_block(&block), Ok((placed, &[0xee; 5][..])));
+
+        let refs = BlockHeader {
+            codec: Codec::Raw,
+            stream_len: Some(5),
+            ..placed
+        };
+        let n = refs.write(&mut hdr);
+        #[rustfmt::skip]
+        let golden: &[u8] = &[
+            0x30,                   // raw, PLACED | REFS
+            0x02, 0x4b, 0xb8, 0x01, 0x02, 0x03, 0x04, 0x00, 0x07, 0x41, 0x2c,
+            0x05,                   // stream of 5 bytes
+        ];
+        assert_eq!(&hdr[..n], golden);
+        let mut block = golden.to_vec();
+        block.extend_from_slice(&[0xee; 5]);
+        assert_eq!(parse_block(&block), Ok((refs, &[0xee; 5][..])));
+        // A raw stream must be exactly stream_len long; REFS needs PLACED; unknown flags.
+        block.push(0);
+        assert_eq!(parse_block(&block), Err(WireError::BadAreaLength));
+        assert_eq!(
+            parse_block(&[0x20, 1, 1, 0, 0, 0, 0, 1, 0]),
+            Err(WireError::BadDedupe)
+        );
+        assert_eq!(
+            parse_block(&[0x40, 1, 1, 0, 0, 0, 0, 0]),
+            Err(WireError::UnknownCodec)
+        );
+        // A position at or past 2^48 is refused.
+        let far = [
+            0x10, 1, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0, 0x02, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(parse_block(&far), Err(WireError::BadDedupe));
+    }
+
+    #[test]
+    fn golden_dedupe() {
+        let announce = DedupeReset {
+            epoch: 0x0203,
+            kind: ResetKind::Announce,
+        };
+        assert_eq!(announce.encode(), [0x01, 0x06, 0x02, 0x03, 0x00]);
+        assert_eq!(parse(&announce.encode()), Ok(Message::Dedupe(announce)));
+        let request = DedupeReset {
+            kind: ResetKind::Request,
+            ..announce
+        };
+        assert_eq!(request.encode(), [0x01, 0x06, 0x02, 0x03, 0x01]);
+        assert_eq!(parse(&request.encode()), Ok(Message::Dedupe(request)));
+        assert_eq!(
+            parse(&[0x01, 0x06, 0x02, 0x03, 0x02]),
+            Err(WireError::BadResetKind)
+        );
+        assert_eq!(parse(&[0x01, 0x06, 0x02, 0x03]), Err(WireError::Truncated));
     }
 
     #[test]
@@ -818,6 +1062,7 @@ mod tests {
             capabilities: Capabilities::supported(),
             shards: 2,
             instance: 0x0102_0304_0506_0708,
+            dedupe_cache_kib: 65536,
         };
         #[rustfmt::skip]
         let golden = [
@@ -825,6 +1070,7 @@ mod tests {
             0x00, 0x00, 0x00, 0x03, // lz4 + zstd
             0x02,                   // two shards
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // instance
+            0x00, 0x01, 0x00, 0x00, // dedupe cache 64 MiB
         ];
         assert_eq!(hello.encode(), golden);
         assert_eq!(parse(&hello.encode()), Ok(Message::Hello(hello)));
@@ -863,7 +1109,7 @@ mod tests {
             (&[1, 4, 0, 0, 0, 2], WireError::BadResetKind),
             (&[1, 4, 0, 0, 0, 0, 0], WireError::TrailingBytes),
             (
-                &[1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                &[1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 WireError::BadShardCount,
             ),
             (
@@ -886,7 +1132,9 @@ mod tests {
         let cases: &[(&[u8], WireError)] = &[
             (&[], WireError::Truncated),
             (&[3, 1, 1, 0, 0, 0, 0, 0], WireError::UnknownCodec),
-            (&[0x10, 1, 1, 0, 0, 0, 0, 0], WireError::UnknownCodec),
+            (&[0x80, 1, 1, 0, 0, 0, 0, 0], WireError::UnknownCodec),
+            (&[0x10, 1, 1, 0, 0, 0, 0, 0], WireError::Truncated),
+            (&[0x30, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0], WireError::BadDedupe),
             (&[0, 1, 1, 0, 0, 0], WireError::Truncated),
             (&[0, 0, 1, 0, 0, 0, 0, 0], WireError::BadPacketCount),
             (&[0, 1, 0, 0, 0, 0, 0], WireError::BadAreaLength),

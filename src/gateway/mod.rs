@@ -224,6 +224,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             capabilities: Capabilities::supported(),
             shards: shards as u8,
             instance,
+            dedupe_cache_kib: u32::try_from(settings.optimize().dedupe_cache.bytes() / 1024)
+                .unwrap_or(u32::MAX),
         },
         digest,
         shutdown: shutdown.clone(),

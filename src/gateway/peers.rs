@@ -2,8 +2,11 @@
 //! to each.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
+
+use crate::core::dedupe::{DecoderCache, DedupeConfig, EncoderCache};
 
 use crate::config::Cidr;
 use crate::identity::Fingerprint;
@@ -19,6 +22,38 @@ pub struct Link {
     pub control: mpsc::Sender<Vec<u8>>,
     /// How many shards (encoders) the peer runs.
     pub remote_shards: u8,
+    /// The dedupe contexts of this connection, shared by all shards; `None`: dedupe off
+    /// (either side configured `dedupe_cache = 0`).
+    pub dedupe: Option<Dedupe>,
+}
+
+/// Both directions' dedupe contexts of one connection. A new connection starts empty rings
+/// on both sides, so the two ends never disagree about what the other holds.
+#[derive(Clone)]
+pub struct Dedupe {
+    /// What we send the peer.
+    pub encoder: Arc<EncoderCache>,
+    /// What the peer sends us.
+    pub decoder: Arc<DecoderCache>,
+}
+
+impl Dedupe {
+    /// Fresh contexts with a `cache`-byte ring each.
+    pub fn new(cache: usize) -> Dedupe {
+        let config = DedupeConfig::with_cache(cache);
+        Dedupe {
+            encoder: Arc::new(EncoderCache::new(config)),
+            decoder: Arc::new(DecoderCache::new(config)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Dedupe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedupe")
+            .field("cache", &self.encoder.size())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One configured peer.

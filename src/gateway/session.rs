@@ -22,9 +22,9 @@ use quinn::Connection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::peers::{Link, Peers};
+use super::peers::{Dedupe, Link, Peers};
 use super::shard::{Command, route_control};
-use crate::core::wire::{self, Capabilities, Hello};
+use crate::core::wire::{self, Capabilities, Hello, ResetKind};
 use crate::transport::{self, Endpoint};
 
 /// How long the side with the higher digest waits before dialling, giving the lower side's
@@ -301,11 +301,18 @@ async fn wire_up(
     stop: &CancellationToken,
 ) -> Wired {
     let (control_tx, mut control_rx) = mpsc::channel::<Vec<u8>>(CONTROL_QUEUE);
+    // Dedupe runs with the smaller of the two caches; zero on either side turns it off.
+    let cache_kib = shared
+        .hello
+        .dedupe_cache_kib
+        .min(est.hello.dedupe_cache_kib);
+    let dedupe = (cache_kib > 0).then(|| Dedupe::new(cache_kib as usize * 1024));
     let link = Link {
         generation,
         conn: est.conn.clone(),
         control: control_tx,
         remote_shards: est.hello.shards,
+        dedupe: dedupe.clone(),
     };
     let n = shared.shards.len();
     broadcast(shared, |_| Command::LinkUp {
@@ -358,6 +365,22 @@ async fn wire_up(
                 let Ok(Some(len)) = frame else {
                     return;
                 };
+                // Dedupe epoch changes concern the connection's shared contexts, not a shard.
+                if let Ok(wire::Message::Dedupe(msg)) = wire::parse(&buf[..len]) {
+                    if let Some(dedupe) = &dedupe {
+                        match msg.kind {
+                            ResetKind::Announce => dedupe.decoder.handle_announce(msg.epoch),
+                            ResetKind::Request => {
+                                tracing::info!(
+                                    epoch = msg.epoch,
+                                    "peer asked for a new dedupe epoch"
+                                );
+                                dedupe.encoder.handle_request(msg.epoch);
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if let Some((target, message)) = route_control(&buf[..len], n) {
                     let _ = shards[target]
                         .send(Command::Control {

@@ -261,7 +261,7 @@ impl Running {
 
     fn link_up(&mut self, _now: Timestamp, peer: usize, link: Link, resync: bool) {
         let epoch: u16 = rand::random();
-        let encoder = match Encoder::new(
+        let mut encoder = match Encoder::new(
             self.shard.encoder_config.clone(),
             self.shard.index as u8,
             epoch,
@@ -272,6 +272,7 @@ impl Running {
                 return;
             }
         };
+        encoder.set_dedupe(link.dedupe.as_ref().map(|d| d.encoder.clone()));
         if resync {
             // Ask the peer to restart the encoders whose decoders we lost.
             for remote in
@@ -345,13 +346,7 @@ impl Running {
             // Data for a remote shard whose epoch we never heard (say, this shard restarted):
             // a decoder without an epoch drops it and, after its grace period, asks the peer
             // for a new epoch, so the stream heals by itself.
-            match Decoder::new(self.shard.decoder_config.clone(), bytes[2]) {
-                Ok(d) => *slot = Some(d),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot create decoder");
-                    return;
-                }
-            }
+            *slot = new_decoder(&self.shard.decoder_config, &state.link, bytes[2]);
         }
         let Some(decoder) = slot.as_mut() else {
             return;
@@ -380,13 +375,7 @@ impl Running {
                     return;
                 };
                 if slot.is_none() {
-                    match Decoder::new(self.shard.decoder_config.clone(), reset.shard) {
-                        Ok(d) => *slot = Some(d),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot create decoder");
-                            return;
-                        }
-                    }
+                    *slot = new_decoder(&self.shard.decoder_config, &state.link, reset.shard);
                 }
                 if let Some(decoder) = slot {
                     decoder.handle_reset(now, reset);
@@ -476,6 +465,20 @@ impl Running {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A decoder for remote shard `remote` of the peer behind `link`, in its dedupe context.
+fn new_decoder(config: &DecoderConfig, link: &Link, remote: u8) -> Option<Decoder> {
+    match Decoder::new(config.clone(), remote) {
+        Ok(mut d) => {
+            d.set_dedupe(link.dedupe.as_ref().map(|d| d.decoder.clone()));
+            Some(d)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create decoder");
+            None
         }
     }
 }

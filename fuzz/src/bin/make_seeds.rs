@@ -259,6 +259,7 @@ fn single_messages(seeds: &mut Seeds) -> Result<()> {
     seeds.write("reset_announce", &buf[..n])?;
     seeds.write("reset_request", &reset_request()?)?;
     let hello = Hello {
+        dedupe_cache_kib: 65536,
         capabilities: Capabilities::supported(),
         shards: 4,
         instance: 0x5eed_5eed_5eed_5eed,

@@ -1,0 +1,383 @@
+//! The byte ring both ends of a dedupe context keep: the last `size` bytes of packet areas,
+//! at absolute positions, with a tag per [`CHUNK`] saying which epoch and round of the ring
+//! the chunk holds.
+//!
+//! Every shard of a peer writes and reads the same ring, so it is built from atomics only, with
+//! no lock: bytes live in `AtomicU64` words (relaxed loads and stores compile to plain moves),
+//! and each chunk's tag works as a seqlock. A writer invalidates the tags of the chunks it is
+//! about to fill, writes, then publishes the new tag; a reader checks the tags before and after
+//! it copies, so a copy that raced with a writer is noticed and thrown away, never used.
+//! Memory is claimed a [`SEGMENT`] at a time, when first written, so an idle context costs
+//! almost nothing and a busy one at most `size` bytes plus a sixteenth of that for tags (one
+//! `u64` per 128-byte chunk).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+/// Granularity of placement and of tags: every block's bytes start on a chunk boundary and the
+/// rest of its last chunk is zero-filled on both ends, so a tag covers whole, identical chunks.
+pub const CHUNK: usize = 128;
+
+/// Bytes claimed at once; ring sizes are a multiple of it.
+pub const SEGMENT: usize = 1 << 20;
+
+const WORDS_PER_SEGMENT: usize = SEGMENT / 8;
+const CHUNKS_PER_SEGMENT: usize = SEGMENT / CHUNK;
+
+/// The tag of a chunk filled in `epoch` during `round` (ring pass) of that epoch. Never 0.
+pub fn tag(epoch: u16, round: u64) -> u64 {
+    (u64::from(epoch) << 48) | ((round + 1) & ((1 << 48) - 1))
+}
+
+struct Segment {
+    words: Box<[AtomicU64]>,
+    tags: Box<[AtomicU64]>,
+}
+
+impl Segment {
+    fn new() -> Segment {
+        Segment {
+            words: (0..WORDS_PER_SEGMENT).map(|_| AtomicU64::new(0)).collect(),
+            tags: (0..CHUNKS_PER_SEGMENT).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline]
+    fn word(&self, i: usize) -> u64 {
+        self.words[i].load(Ordering::Relaxed)
+    }
+
+    /// Eight bytes starting at byte `at` of the segment, little-endian; `at + 8 <= SEGMENT`.
+    #[inline]
+    fn load8(&self, at: usize) -> u64 {
+        let (w, s) = (at / 8, (at % 8) * 8);
+        if s == 0 {
+            self.word(w)
+        } else {
+            (self.word(w) >> s) | (self.word(w + 1) << (64 - s))
+        }
+    }
+
+    #[inline]
+    fn byte(&self, at: usize) -> u8 {
+        (self.word(at / 8) >> ((at % 8) * 8)) as u8
+    }
+}
+
+/// A ring of `size` bytes addressed by absolute position (see the module doc).
+pub struct Ring {
+    size: u64,
+    segments: Box<[OnceLock<Segment>]>,
+}
+
+impl Ring {
+    /// A ring of `size` bytes, rounded up to a whole number of segments (at least one).
+    pub fn new(size: usize) -> Ring {
+        let count = size.div_ceil(SEGMENT).max(1);
+        Ring {
+            size: (count * SEGMENT) as u64,
+            segments: (0..count).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Bytes the ring holds.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes of memory claimed so far (ring bytes and tags).
+    pub fn resident(&self) -> usize {
+        let per = SEGMENT + CHUNKS_PER_SEGMENT * 8;
+        self.segments.iter().filter(|s| s.get().is_some()).count() * per
+    }
+
+    /// Which pass over the ring `pos` belongs to.
+    pub fn round(&self, pos: u64) -> u64 {
+        pos / self.size
+    }
+
+    /// Where `pos` lies inside the ring.
+    pub fn offset(&self, pos: u64) -> usize {
+        (pos % self.size) as usize
+    }
+
+    /// True if `len` bytes from `pos` stay inside one pass (they never wrap).
+    pub fn fits(&self, pos: u64, len: usize) -> bool {
+        (pos % self.size) + len as u64 <= self.size
+    }
+
+    fn segment(&self, offset: usize) -> Option<&Segment> {
+        self.segments[offset / SEGMENT].get()
+    }
+
+    fn segment_or_claim(&self, offset: usize) -> &Segment {
+        self.segments[offset / SEGMENT].get_or_init(Segment::new)
+    }
+
+    /// Writes `data` at `pos` (a chunk boundary; the chunks must not wrap), zero-fills the rest
+    /// of the last chunk, and leaves the chunks tagged `tag_after` (0: not readable yet).
+    ///
+    /// # Panics
+    /// If `pos` is not chunk-aligned or the chunks would wrap (callers place blocks).
+    pub fn store(&self, pos: u64, data: &[u8], tag_after: u64) {
+        let start = self.offset(pos);
+        let padded = data.len().div_ceil(CHUNK) * CHUNK;
+        assert!(start % CHUNK == 0 && start + padded <= self.size as usize);
+        let mut done = 0;
+        while done < padded {
+            let at = start + done;
+            let seg = self.segment_or_claim(at);
+            let in_seg = at % SEGMENT;
+            let n = (SEGMENT - in_seg).min(padded - done);
+            let chunks = in_seg / CHUNK..(in_seg + n) / CHUNK;
+            for c in chunks.clone() {
+                seg.tags[c].store(0, Ordering::Relaxed);
+            }
+            fence(Ordering::Release);
+            let src = data.get(done..).unwrap_or_default();
+            for (k, word) in seg.words[in_seg / 8..(in_seg + n) / 8].iter().enumerate() {
+                let mut bytes = [0u8; 8];
+                if let Some(piece) = src.get(k * 8..) {
+                    let m = piece.len().min(8);
+                    bytes[..m].copy_from_slice(&piece[..m]);
+                }
+                word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            }
+            if tag_after != 0 {
+                for c in chunks {
+                    seg.tags[c].store(tag_after, Ordering::Release);
+                }
+            }
+            done += n;
+        }
+    }
+
+    /// Tags the chunks of `len` bytes from `pos` (chunk-aligned, as stored) with `tag`: the
+    /// encoder's way of marking a block acknowledged.
+    pub fn set_tags(&self, pos: u64, len: usize, tag: u64) {
+        let start = self.offset(pos);
+        let padded = len.div_ceil(CHUNK) * CHUNK;
+        if start % CHUNK != 0 || start + padded > self.size as usize {
+            return;
+        }
+        let mut c = start / CHUNK;
+        while c < (start + padded) / CHUNK {
+            let Some(seg) = self.segment(c * CHUNK) else {
+                return;
+            };
+            seg.tags[c % CHUNKS_PER_SEGMENT].store(tag, Ordering::Release);
+            c += 1;
+        }
+    }
+
+    /// True if every chunk touching `len` bytes from ring offset `start` carries `tag`.
+    fn tags_are(&self, start: usize, len: usize, tag: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let first = start / CHUNK;
+        let last = (start + len - 1) / CHUNK;
+        (first..=last).all(|c| {
+            self.segment(c * CHUNK)
+                .is_some_and(|seg| seg.tags[c % CHUNKS_PER_SEGMENT].load(Ordering::Acquire) == tag)
+        })
+    }
+
+    /// Copies `out.len()` bytes from `pos` into `out` if every chunk they touch carries `tag`
+    /// before and after the copy. False (and `out` unspecified) otherwise, or if the range
+    /// wraps.
+    pub fn read(&self, pos: u64, out: &mut [u8], tag: u64) -> bool {
+        if !self.fits(pos, out.len()) {
+            return false;
+        }
+        let start = self.offset(pos);
+        if !self.tags_are(start, out.len(), tag) {
+            return false;
+        }
+        let mut done = 0;
+        while done < out.len() {
+            let at = start + done;
+            let Some(seg) = self.segment(at) else {
+                return false;
+            };
+            let in_seg = at % SEGMENT;
+            let n = (SEGMENT - in_seg).min(out.len() - done);
+            copy_from_segment(seg, in_seg, &mut out[done..done + n]);
+            done += n;
+        }
+        fence(Ordering::Acquire);
+        self.tags_are(start, out.len(), tag)
+    }
+
+    /// How many bytes from `pos` onwards equal `data`'s, at most `data.len()`, counting only
+    /// chunks tagged `tag` and stopping at the end of the ring pass. The caller re-checks the
+    /// tags with [`Ring::still_tagged`] before relying on the answer.
+    pub fn match_forward(&self, pos: u64, data: &[u8], tag: u64) -> usize {
+        let start = self.offset(pos);
+        let limit = data.len().min(self.size as usize - start);
+        let mut n = 0;
+        while n < limit {
+            let at = start + n;
+            let chunk_end = (at / CHUNK + 1) * CHUNK;
+            let Some(seg) = self.segment(at) else {
+                return n;
+            };
+            if seg.tags[(at % SEGMENT) / CHUNK].load(Ordering::Acquire) != tag {
+                return n;
+            }
+            let stop = (chunk_end - start).min(limit);
+            // Eight bytes at a time while a whole word fits in this chunk.
+            while n + 8 <= stop {
+                let ours = u64::from_le_bytes(data[n..n + 8].try_into().expect("8 bytes"));
+                let diff = seg.load8((start + n) % SEGMENT) ^ ours;
+                if diff != 0 {
+                    return n + (diff.trailing_zeros() / 8) as usize;
+                }
+                n += 8;
+            }
+            while n < stop {
+                if seg.byte((start + n) % SEGMENT) != data[n] {
+                    return n;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// How many bytes just before `pos` equal the end of `data`, at most `data.len()`, on
+    /// chunks tagged `tag` and not before the start of the ring pass.
+    pub fn match_backward(&self, pos: u64, data: &[u8], tag: u64) -> usize {
+        let start = self.offset(pos);
+        let limit = data.len().min(start);
+        let mut n = 0;
+        let mut checked_chunk = usize::MAX;
+        while n < limit {
+            let at = start - n - 1;
+            let Some(seg) = self.segment(at) else {
+                return n;
+            };
+            let chunk = at / CHUNK;
+            if chunk != checked_chunk {
+                if seg.tags[(at % SEGMENT) / CHUNK].load(Ordering::Acquire) != tag {
+                    return n;
+                }
+                checked_chunk = chunk;
+            }
+            if seg.byte(at % SEGMENT) != data[data.len() - n - 1] {
+                return n;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Second half of the seqlock check for a range found by the `match_*` functions: true if
+    /// its chunks still carry `tag`, so the bytes compared were the tagged ones.
+    pub fn still_tagged(&self, pos: u64, len: usize, tag: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.fits(pos, len) && self.tags_are(self.offset(pos), len, tag)
+    }
+}
+
+fn copy_from_segment(seg: &Segment, at: usize, out: &mut [u8]) {
+    let mut i = 0;
+    // Head up to a word boundary, then whole words, then the tail.
+    while i < out.len() && (at + i) % 8 != 0 {
+        out[i] = seg.byte(at + i);
+        i += 1;
+    }
+    while i + 8 <= out.len() {
+        out[i..i + 8].copy_from_slice(&seg.word((at + i) / 8).to_le_bytes());
+        i += 8;
+    }
+    while i < out.len() {
+        out[i] = seg.byte(at + i);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn stored_bytes_read_back_only_under_their_tag() {
+        let ring = Ring::new(3 * SEGMENT);
+        let data = bytes(5000, 7);
+        let pos = SEGMENT as u64 - 1024; // crosses a segment boundary
+        ring.store(pos, &data, tag(1, 0));
+        let mut out = vec![0; 333];
+        assert!(ring.read(pos + 17, &mut out, tag(1, 0)));
+        assert_eq!(out, data[17..350]);
+        assert!(!ring.read(pos + 17, &mut out, tag(2, 0)));
+        assert!(!ring.read(pos + 17, &mut out, tag(1, 1)));
+        // Padding after the data is zero on every ring, so it may be referenced too.
+        let mut tail = vec![1; 8];
+        assert!(ring.read(pos + 5000, &mut tail, tag(1, 0)));
+        assert_eq!(tail, [0; 8]);
+        // Past the padded end: another chunk, untagged.
+        let mut past = vec![0; 200];
+        assert!(!ring.read(pos + 5000, &mut past, tag(1, 0)));
+    }
+
+    #[test]
+    fn untagged_until_marked_and_overwrite_invalidates() {
+        let ring = Ring::new(SEGMENT);
+        let data = bytes(1000, 1);
+        ring.store(256, &data, 0);
+        let mut out = vec![0; 100];
+        assert!(!ring.read(256, &mut out, tag(0, 0)));
+        ring.set_tags(256, data.len(), tag(0, 0));
+        assert!(ring.read(256, &mut out, tag(0, 0)));
+        assert_eq!(ring.match_forward(256, &data, tag(0, 0)), 1000);
+        // The next round writes the same place: the old tag no longer matches.
+        ring.store(ring.size() + 256, &bytes(1000, 2), 0);
+        assert!(!ring.read(256, &mut out, tag(0, 0)));
+        assert_eq!(ring.match_forward(256, &data, tag(0, 0)), 0);
+    }
+
+    #[test]
+    fn matches_stop_at_the_first_difference_and_untagged_chunks() {
+        let ring = Ring::new(SEGMENT);
+        let data = bytes(4096, 3);
+        ring.store(0, &data, tag(5, 0));
+        let mut other = data.clone();
+        other[1234] ^= 1;
+        assert_eq!(ring.match_forward(0, &other, tag(5, 0)), 1234);
+        assert_eq!(ring.match_forward(3, &other[3..], tag(5, 0)), 1231);
+        assert_eq!(ring.match_backward(4000, &data[..4000], tag(5, 0)), 4000);
+        assert_eq!(
+            ring.match_backward(4000, &other[..4000], tag(5, 0)),
+            4000 - 1235
+        );
+        // Un-tag one chunk in the middle: both directions stop at it.
+        ring.set_tags(1024, CHUNK, 0);
+        assert_eq!(ring.match_forward(0, &data, tag(5, 0)), 1024);
+        assert_eq!(
+            ring.match_backward(2048, &data[..2048], tag(5, 0)),
+            2048 - 1152
+        );
+        assert!(!ring.still_tagged(0, 2048, tag(5, 0)));
+        assert!(ring.still_tagged(0, 1024, tag(5, 0)));
+    }
+
+    #[test]
+    fn nothing_wraps_and_unclaimed_memory_reads_as_absent() {
+        let ring = Ring::new(2 * SEGMENT);
+        assert_eq!(ring.resident(), 0);
+        let mut out = vec![0; 64];
+        assert!(!ring.read(0, &mut out, tag(0, 0)));
+        assert!(!ring.read(ring.size() - 10, &mut out, tag(0, 0)));
+        assert_eq!(ring.match_forward(SEGMENT as u64, &out, tag(0, 0)), 0);
+        ring.store(ring.size() - CHUNK as u64, &[9; CHUNK], tag(0, 0));
+        assert_eq!(ring.match_forward(ring.size() - 8, &[9; 64], tag(0, 0)), 8);
+        assert!(ring.resident() > 0);
+    }
+}

@@ -1,0 +1,196 @@
+//! Unit tests of one dedupe context: an encoder cache and a decoder cache side by side.
+
+use super::encode::Encoded;
+use super::*;
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Pair {
+    enc: EncoderCache,
+    dec: DecoderCache,
+    stream: Vec<u8>,
+}
+
+impl Pair {
+    fn new(cache: usize) -> Pair {
+        let config = DedupeConfig::with_cache(cache);
+        let pair = Pair {
+            enc: EncoderCache::new(config),
+            dec: DecoderCache::new(config),
+            stream: Vec::new(),
+        };
+        pair.dec
+            .handle_announce(pair.enc.poll_announce().expect("first epoch"));
+        pair
+    }
+
+    /// Sends one area through both ends; `ack` says whether the decoder's ack reaches the
+    /// encoder. Returns the bytes on the wire (stream or area) and the restored area.
+    fn send(&mut self, area: &[u8], ack: bool) -> (usize, Vec<u8>) {
+        let place = self.enc.reserve(area.len());
+        let kind = self.enc.encode(place, area, &mut self.stream);
+        let mut restored = vec![0; area.len()];
+        let wire = match kind {
+            Encoded::Plain => {
+                restored.copy_from_slice(area);
+                area.len()
+            }
+            Encoded::Stream => {
+                self.dec
+                    .expand(place, &self.stream, &mut restored)
+                    .expect("references resolve");
+                self.stream.len()
+            }
+        };
+        assert_eq!(restored, area);
+        self.dec.store(place, &restored);
+        if ack {
+            self.enc.acked(place, area.len());
+        }
+        (wire, restored)
+    }
+}
+
+#[test]
+fn a_repeated_area_costs_a_few_bytes_once_acknowledged() {
+    let mut pair = Pair::new(1 << 20);
+    let data = pseudo_random(8000, 1);
+    let (first, _) = pair.send(&data, true);
+    assert_eq!(first, data.len());
+    let (second, _) = pair.send(&data, true);
+    assert!(second < 40, "repeat took {second} bytes");
+    let stats = pair.enc.stats();
+    assert_eq!(stats.blocks, 2);
+    assert_eq!(stats.blocks_with_refs, 1);
+    assert!(stats.bytes_matched >= 7900);
+    assert_eq!(pair.dec.stats().refs, stats.refs);
+}
+
+#[test]
+fn matches_are_found_at_any_offset_inside_other_data() {
+    let mut pair = Pair::new(1 << 20);
+    let file = pseudo_random(6000, 2);
+    pair.send(&file, true);
+    // The same bytes shifted by an odd amount, with fresh bytes around them.
+    let mut area = pseudo_random(333, 3);
+    area.extend_from_slice(&file[1001..5002]);
+    area.extend_from_slice(&pseudo_random(777, 4));
+    let (wire, _) = pair.send(&area, true);
+    assert!(wire < 333 + 777 + 40, "took {wire} bytes");
+}
+
+#[test]
+fn unacknowledged_bytes_are_never_referenced() {
+    let mut pair = Pair::new(1 << 20);
+    let data = pseudo_random(4000, 5);
+    let (first, _) = pair.send(&data, false);
+    let (second, _) = pair.send(&data, false);
+    assert_eq!((first, second), (data.len(), data.len()));
+    assert_eq!(pair.enc.stats().refs, 0);
+}
+
+#[test]
+fn a_decoder_that_lost_its_ring_refuses_and_asks_for_a_new_epoch() {
+    let mut pair = Pair::new(1 << 20);
+    let data = pseudo_random(4000, 6);
+    pair.send(&data, true);
+    // The decoder restarts: a fresh ring with no epoch.
+    pair.dec = DecoderCache::new(DedupeConfig::with_cache(1 << 20));
+    let place = pair.enc.reserve(data.len());
+    assert_eq!(
+        pair.enc.encode(place, &data, &mut pair.stream),
+        Encoded::Stream
+    );
+    let mut out = vec![0; data.len()];
+    assert_eq!(
+        pair.dec.expand(place, &pair.stream, &mut out),
+        Err(DedupeError::BadReference)
+    );
+    let asked = pair.dec.poll_request().expect("a request");
+    assert_eq!(pair.dec.poll_request(), None, "asked once");
+    pair.enc.handle_request(asked);
+    let epoch = pair.enc.poll_announce().expect("new epoch announced");
+    assert_eq!(epoch, asked.wrapping_add(1));
+    pair.dec.handle_announce(epoch);
+    // The new epoch starts from nothing: first plain, then references again.
+    let (first, _) = pair.send(&data, true);
+    assert_eq!(first, data.len());
+    let (second, _) = pair.send(&data, true);
+    assert!(second < 40);
+    assert_eq!(pair.dec.stats().refs_rejected, 1);
+    assert_eq!(pair.enc.stats().resets, 1);
+}
+
+#[test]
+fn a_request_for_an_old_epoch_changes_nothing() {
+    let pair = Pair::new(1 << 20);
+    let epoch = pair.enc.epoch();
+    pair.enc.handle_request(epoch.wrapping_add(5));
+    assert_eq!(pair.enc.epoch(), epoch);
+    assert_eq!(pair.enc.poll_announce(), None);
+}
+
+#[test]
+fn the_ring_wraps_and_old_passes_are_not_referenced() {
+    // A 1 MiB ring filled several times over with fresh data, then a repeat of something
+    // overwritten long ago and of something recent.
+    let mut pair = Pair::new(1 << 20);
+    let old = pseudo_random(3000, 7);
+    pair.send(&old, true);
+    let mut recent = Vec::new();
+    for seed in 0..400u64 {
+        recent = pseudo_random(9000, 100 + seed);
+        pair.send(&recent, true);
+    }
+    let (old_again, _) = pair.send(&old, true);
+    assert_eq!(old_again, old.len());
+    let (recent_again, _) = pair.send(&recent, true);
+    assert!(recent_again < 40);
+}
+
+#[test]
+fn hostile_streams_are_errors_not_panics() {
+    let pair = Pair::new(1 << 20);
+    let place = pair.enc.reserve(1000);
+    let mut out = vec![0; 1000];
+    let cases: &[&[u8]] = &[
+        &[],
+        &[0x40],             // truncated varint
+        &[5, 1, 2],          // literal past the stream
+        &[0, 10, 0],         // reference to position 0 of nothing
+        &[0, 0x50, 0x00, 0], // reference longer than the area
+        &[0, 10, 0xc0],      // truncated distance
+        &[0, 10, 0x3f],      // reference past the ring's start
+        &[1, 7],             // short of the area
+    ];
+    for stream in cases {
+        assert!(
+            pair.dec.expand(place, stream, &mut out).is_err(),
+            "{stream:?}"
+        );
+    }
+    // Misaligned or wrapping placements.
+    let bad = Place {
+        epoch: place.epoch,
+        pos: 3,
+    };
+    assert_eq!(
+        pair.dec.expand(bad, &[0], &mut out[..0]),
+        Err(DedupeError::Malformed)
+    );
+    let wraps = Place {
+        epoch: place.epoch,
+        pos: (1 << 20) - 128,
+    };
+    assert!(!pair.dec.valid_place(wraps, 1000));
+}
