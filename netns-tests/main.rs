@@ -398,3 +398,100 @@ fn sigterm_cleans_up_and_a_killed_gateway_comes_back() {
         topo.routes_matching(&topo.gw_a, "sluice0")
     );
 }
+
+/// A copy of `src` with a few bytes changed every `every` bytes: a new version of a file set
+/// with scattered edits.
+fn edited_copy(src: &std::path::Path, dst: &std::path::Path, every: usize) {
+    let mut bytes = std::fs::read(src).expect("read corpus");
+    let mut at = every / 2;
+    while at + 8 < bytes.len() {
+        for b in &mut bytes[at..at + 8] {
+            *b = b.wrapping_add(1);
+        }
+        at += every;
+    }
+    std::fs::write(dst, bytes).expect("write edited corpus");
+}
+
+#[test]
+fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
+    if !require_root("dedupe_makes_repeat_fetches_cheap_and_survives_a_restart") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("dedupe");
+    let mut g = sites::up(&topo, Options::default());
+    let served = topo.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let docs = sites::text_corpus(&served, 20_000_000);
+    let edited = served.join("docs-v2.tar");
+    edited_copy(&docs, &edited, 64 * 1024);
+    let _server = sites::http_server(&topo, &topo.lan_b, &served, addr::LAN_B);
+    let payload = std::fs::metadata(&docs).unwrap().len();
+
+    let mut fetch = |url: &str, want: &std::path::Path| {
+        let before = topo.wan_bytes();
+        let got = topo.dir.join("got");
+        sites::fetch(&topo, &topo.lan_a, url, &got);
+        let wan = topo.wan_bytes() - before;
+        assert_eq!(sha256(&got), sha256(want), "{url} arrived byte-exact");
+        eprintln!(
+            "{url}: {wan} WAN bytes for {payload} payload bytes ({:.4})",
+            wan as f64 / payload as f64
+        );
+        wan
+    };
+    let first = fetch("http://10.2.0.2:8080/docs.tar", &docs);
+    let second = fetch("http://10.2.0.2:8080/docs.tar", &docs);
+    let version = fetch("http://10.2.0.2:8080/docs-v2.tar", &edited);
+    let status = sites::status(&topo, &topo.gw_b, &g.b);
+    eprintln!("{status}");
+    assert!(
+        second * 10 <= first,
+        "the second fetch took {second} WAN bytes, more than 10% of the first's {first}"
+    );
+    assert!(
+        version * 2 <= first,
+        "the edited version took {version} WAN bytes, not clearly less than the first's {first}"
+    );
+    assert!(
+        status.contains("references rejected 0") || !status.contains("references rejected"),
+        "no reference was refused:\n{status}"
+    );
+
+    // Gateway B (the sending side) killed and restarted in the middle of a slowed-down fetch:
+    // TCP retransmits across the gap, the new connection starts empty dedupe rings, and the
+    // file still arrives byte-exact.
+    let got = topo.dir.join("got-restart");
+    let got_arg = got.to_string_lossy().into_owned();
+    let mut curl = topo.spawn(
+        &topo.lan_a,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--limit-rate",
+            "4M",
+            "--max-time",
+            "120",
+            "-o",
+            &got_arg,
+            "http://10.2.0.2:8080/docs.tar",
+        ],
+        "curl-restart.log",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(curl.is_running(), "the fetch is still running at the restart");
+    g.gw_b.signal("KILL");
+    assert!(g.gw_b.wait_exit(Duration::from_secs(2)).is_some());
+    g.gw_b = sites::start(&topo, &topo.gw_b, &g.b, &g.opts, "gw-b2.log");
+    let code = curl.wait_exit(Duration::from_secs(120));
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "curl finished across the restart:\n{}\n--- gw-b2\n{}",
+        topo.log("curl-restart.log"),
+        topo.log("gw-b2.log")
+    );
+    assert_eq!(sha256(&got), sha256(&docs), "byte-exact across the restart");
+}

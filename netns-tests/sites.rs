@@ -19,6 +19,8 @@ pub struct Options {
     pub compression: &'static str,
     pub shards: u32,
     pub log: &'static str,
+    /// `optimize.dedupe_cache`, e.g. "64MiB" or "0" (off).
+    pub dedupe_cache: &'static str,
 }
 
 impl Default for Options {
@@ -27,6 +29,7 @@ impl Default for Options {
             compression: "auto",
             shards: 2,
             log: "info",
+            dedupe_cache: "64MiB",
         }
     }
 }
@@ -97,6 +100,7 @@ control_socket = "control.sock"
 compression = "{compression}"
 zstd_level = 1
 max_delay = "0ms"
+dedupe_cache = "{dedupe_cache}"
 
 [[peer]]
 name = "{peer_name}"
@@ -106,6 +110,7 @@ allowed_ips = ["{lan_peer4}", "{lan_peer6}", "{tun_peer4}", "{tun_peer6}"]
 "#,
         shards = opts.shards,
         compression = opts.compression,
+        dedupe_cache = opts.dedupe_cache,
     );
     std::fs::write(&site.config, text).expect("write config");
 }

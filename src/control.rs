@@ -143,6 +143,45 @@ pub fn report(state: &State) -> String {
         }
         let _ = writeln!(
             out,
+            "  compression saved {} bytes ({} in, {} out)",
+            t.codec_in_bytes.saturating_sub(t.codec_out_bytes),
+            t.codec_in_bytes,
+            t.codec_out_bytes
+        );
+        let link = session.link.lock().expect("status lock").clone();
+        match link.and_then(|l| l.dedupe) {
+            Some(d) => {
+                let (e, r) = (d.encoder.stats(), d.decoder.stats());
+                let hit = if e.bytes_in > 0 {
+                    100.0 * e.bytes_matched as f64 / e.bytes_in as f64
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    out,
+                    "  dedupe (cache {}, this connection): sent {} bytes, saved {} bytes, cache hit rate {hit:.1}% of bytes, {} references, {} resets",
+                    crate::config::ByteSize::new(d.encoder.size()),
+                    e.bytes_in,
+                    e.bytes_saved,
+                    e.refs,
+                    e.resets
+                );
+                let _ = writeln!(
+                    out,
+                    "  dedupe received: {} references, {} bytes from cache, references rejected {}, wrong restores {}, resets requested {}",
+                    r.refs,
+                    r.bytes_from_cache,
+                    r.refs_rejected,
+                    r.checksum_failures,
+                    r.resets_requested
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  dedupe: off");
+            }
+        }
+        let _ = writeln!(
+            out,
             "  drops: source not allowed {}  malformed {}  no link {}  refused {}  send errors {}  bypassed {} packets",
             t.source_not_allowed,
             t.malformed,

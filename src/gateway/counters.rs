@@ -36,6 +36,10 @@ pub struct ShardCounters {
     pub refused: AtomicU64,
     /// Datagrams quinn would not send (too large after a path MTU drop, connection lost).
     pub send_errors: AtomicU64,
+    /// Bytes given to the block codecs (packet areas, or dedupe streams)...
+    pub codec_in_bytes: AtomicU64,
+    /// ...and the bodies they made: the difference is what compression saved.
+    pub codec_out_bytes: AtomicU64,
 }
 
 /// Adds `n` to a counter (relaxed: counters are statistics, not synchronisation).
@@ -61,6 +65,8 @@ pub struct Totals {
     pub bypassed_packets: u64,
     pub refused: u64,
     pub send_errors: u64,
+    pub codec_in_bytes: u64,
+    pub codec_out_bytes: u64,
 }
 
 impl Totals {
@@ -81,6 +87,8 @@ impl Totals {
         self.bypassed_packets += r(&c.bypassed_packets);
         self.refused += r(&c.refused);
         self.send_errors += r(&c.send_errors);
+        self.codec_in_bytes += r(&c.codec_in_bytes);
+        self.codec_out_bytes += r(&c.codec_out_bytes);
     }
 
     /// WAN bytes over LAN bytes, both directions together (1.0 = no saving, lower is

@@ -71,6 +71,8 @@ struct PeerState {
     encoder: Encoder,
     /// The encoder's bypass count already added to the shared counters.
     bypassed_reported: u64,
+    /// The encoder's codec input and output bytes already added to the shared counters.
+    codec_reported: (u64, u64),
     /// Decoders for the peer's shards, indexed by remote shard; only those this shard serves.
     decoders: Vec<Option<Decoder>>,
 }
@@ -292,6 +294,7 @@ impl Running {
             link,
             encoder,
             bypassed_reported: 0,
+            codec_reported: (0, 0),
             decoders,
         });
     }
@@ -429,6 +432,12 @@ impl Running {
                 bypassed - state.bypassed_reported,
             );
             state.bypassed_reported = bypassed;
+            let codecs = &state.encoder.stats().codecs;
+            let codec_in: u64 = codecs.iter().map(|c| c.area_bytes).sum();
+            let codec_out: u64 = codecs.iter().map(|c| c.body_bytes).sum();
+            add(&counters.codec_in_bytes, codec_in - state.codec_reported.0);
+            add(&counters.codec_out_bytes, codec_out - state.codec_reported.1);
+            state.codec_reported = (codec_in, codec_out);
             while let Some(n) = state.encoder.poll_control(&mut self.control) {
                 send_control(&state.link, &self.control[..n]);
             }
