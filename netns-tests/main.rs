@@ -439,6 +439,7 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
             "{url}: {wan} WAN bytes for {payload} payload bytes ({:.4})",
             wan as f64 / payload as f64
         );
+        eprintln!("{}", sites::status(&topo, &topo.gw_b, &g.b));
         wan
     };
     let first = fetch("http://10.2.0.2:8080/docs.tar", &docs);
