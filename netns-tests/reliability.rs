@@ -813,7 +813,18 @@ fn soak(tag: &str, secs: u64) {
     let baseline_at = Duration::from_secs((secs / 10).min(60));
     let mut baseline: Option<(u64, u64)> = None;
     let mut fetches = 0u32;
+    // RSS of both gateways about once a minute, printed at the end: whether memory plateaus
+    // or creeps says more than the two end points.
+    let mut samples: Vec<(u64, u64, u64)> = Vec::new();
     while start.elapsed() < total {
+        let minute = start.elapsed().as_secs() / 60;
+        if samples.last().is_none_or(|s| s.0 / 60 < minute) {
+            samples.push((
+                start.elapsed().as_secs(),
+                g.gw_a.rss_kib().unwrap(),
+                g.gw_b.rss_kib().unwrap(),
+            ));
+        }
         for (file, sum) in &corpus.files {
             let name = file.file_name().unwrap().to_string_lossy().into_owned();
             let got = topo.dir.join(format!("soak-{name}"));
@@ -834,6 +845,7 @@ fn soak(tag: &str, secs: u64) {
     let end = (g.gw_a.rss_kib().unwrap(), g.gw_b.rss_kib().unwrap());
     let (a0, b0) = baseline.expect("a baseline was taken");
     let status_a = sites::status(&topo, &topo.gw_a, &g.a);
+    eprintln!("{tag}: RSS samples (s, A KiB, B KiB): {samples:?}");
     eprintln!(
         "{tag}: {:.0} s, {fetches} exact fetches; RSS at the end: A {} KiB ({:+.1}%), B {} KiB ({:+.1}%)\n--- gw-a status\n{status_a}",
         start.elapsed().as_secs_f64(),
