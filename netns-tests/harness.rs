@@ -107,6 +107,21 @@ impl Process {
         None
     }
 
+    /// The process id (`ip netns exec` execs the command, so this is the command's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory in KiB (`VmRSS` from /proc), if the process runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse().ok())
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         self.child

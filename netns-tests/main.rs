@@ -7,6 +7,8 @@
 
 mod bench;
 mod harness;
+mod reliability;
+mod security;
 mod sites;
 
 use std::sync::Mutex;
@@ -236,6 +238,27 @@ fn a_peer_with_the_wrong_certificate_gets_nothing_through() {
     assert!(
         status.contains("not connected") && !status.contains("connected to"),
         "status shows no connection:\n{status}"
+    );
+    // Nothing was written to either TUN device: every "LAN out" count is 0.
+    let status_m = sites::status(&topo, &topo.gw_b, &mallory);
+    for (who, status) in [("A", &status), ("Mallory", &status_m)] {
+        let written: Vec<&str> = status
+            .split("LAN out")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        assert!(
+            !written.is_empty() && written.iter().all(|n| *n == "0"),
+            "gateway {who} wrote nothing to its TUN device: {written:?}\n{status}"
+        );
+    }
+    let handshakes = status
+        .lines()
+        .find(|l| l.starts_with("endpoint:"))
+        .unwrap_or_default();
+    assert!(
+        handshakes.contains("handed to a peer 0"),
+        "no connection was handed to a session: {handshakes}"
     );
 }
 

@@ -21,6 +21,8 @@ pub struct Options {
     pub log: &'static str,
     /// `optimize.dedupe_cache`, e.g. "64MiB" or "0" (off).
     pub dedupe_cache: &'static str,
+    /// Put `sluice-impair` with these options on the WAN path (see [`RELAY`]).
+    pub relay: Option<Vec<String>>,
 }
 
 impl Default for Options {
@@ -30,8 +32,62 @@ impl Default for Options {
             shards: 2,
             log: "info",
             dedupe_cache: "64MiB",
+            relay: None,
         }
     }
+}
+
+/// Where the impairment relay listens, in gateway A's namespace. With a relay, gateway A dials
+/// this address instead of B's, the relay forwards to B's WAN address from its own socket,
+/// and B (which then has no endpoint for A and only accepts) answers the relay: every tunnel
+/// datagram of both directions crosses the impairment, and the WAN veth carries it.
+pub const RELAY: &str = "127.0.0.1:7000";
+
+/// Seed of the relay's random decisions (fixed: a failure can be replayed).
+pub const RELAY_SEED: &str = "5";
+
+/// Starts `sluice-impair` in gateway A's namespace with `args` (impairments) and waits until
+/// it listens.
+pub fn start_relay(topo: &Topology, args: &[String]) -> Process {
+    let upstream = format!("{}:7443", addr::WAN_B);
+    let mut argv = vec![
+        env!("CARGO_BIN_EXE_sluice-impair"),
+        "--listen",
+        RELAY,
+        "--upstream",
+        &upstream,
+        "--seed",
+        RELAY_SEED,
+    ];
+    argv.extend(args.iter().map(String::as_str));
+    let p = topo.spawn(&topo.gw_a, &argv, "relay.log");
+    let ready = topo.wait_for(Duration::from_secs(10), || {
+        topo.log("relay.log").contains("listening on")
+    });
+    assert!(
+        ready.is_some(),
+        "relay did not start: {}",
+        topo.log("relay.log")
+    );
+    p
+}
+
+/// Stops the relay with SIGTERM and returns the counters it prints (one JSON line).
+pub fn stop_relay(topo: &Topology, relay: &mut Process) -> serde_json::Value {
+    relay.signal("TERM");
+    let code = relay.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "relay exits 0: {}",
+        topo.log("relay.log")
+    );
+    let log = topo.log("relay.log");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("relay printed no counters: {log}"));
+    serde_json::from_str(line).expect("relay counters are JSON")
 }
 
 /// Key material and config of one site.
@@ -83,6 +139,12 @@ pub fn write_config(site: &Site, a: bool, peer_fingerprint: &str, opts: &Options
         )
     };
     let peer_name = if a { "site-b" } else { "site-a" };
+    let endpoint = match (&opts.relay, a) {
+        (None, _) => format!("endpoint = \"{peer_wan}:7443\"\n"),
+        (Some(_), true) => format!("endpoint = \"{RELAY}\"\n"),
+        // Behind the relay B only accepts: if it dialled A, its datagrams would bypass it.
+        (Some(_), false) => String::new(),
+    };
     let text = format!(
         r#"# written by netns-tests
 [interface]
@@ -104,8 +166,7 @@ dedupe_cache = "{dedupe_cache}"
 
 [[peer]]
 name = "{peer_name}"
-endpoint = "{peer_wan}:7443"
-fingerprint = "{peer_fingerprint}"
+{endpoint}fingerprint = "{peer_fingerprint}"
 allowed_ips = ["{lan_peer4}", "{lan_peer6}", "{tun_peer4}", "{tun_peer6}"]
 "#,
         shards = opts.shards,
@@ -122,6 +183,8 @@ pub struct Gateways {
     pub gw_a: Process,
     pub gw_b: Process,
     pub opts: Options,
+    /// The impairment relay, when `opts.relay` asked for one.
+    pub relay: Option<Process>,
 }
 
 /// Starts `sluice up` in gateway namespace `ns` for `site`.
@@ -144,6 +207,7 @@ pub fn up(topo: &Topology, opts: Options) -> Gateways {
     let b = keygen(topo, "b");
     write_config(&a, true, &b.fingerprint, &opts);
     write_config(&b, false, &a.fingerprint, &opts);
+    let relay = opts.relay.as_ref().map(|args| start_relay(topo, args));
     let gw_a = start(topo, &topo.gw_a, &a, &opts, "gw-a.log");
     let gw_b = start(topo, &topo.gw_b, &b, &opts, "gw-b.log");
     let g = Gateways {
@@ -152,6 +216,7 @@ pub fn up(topo: &Topology, opts: Options) -> Gateways {
         gw_a,
         gw_b,
         opts,
+        relay,
     };
     let waited = topo.wait_for(Duration::from_secs(15), || {
         topo.ping_ok(&topo.lan_a, addr::LAN_B)

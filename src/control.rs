@@ -91,6 +91,30 @@ pub fn report(state: &State) -> String {
         state.shards,
         state.started.elapsed().as_secs()
     );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    // quinn's endpoint counters see handshakes before TLS; ours see how TLS ended. Datagrams
+    // that fail QUIC's packet authentication (corrupted, forged, random) are dropped inside
+    // quinn without a counter; the per-connection line shows what it did receive.
+    let quic = state.endpoint.quic().stats();
+    let _ = writeln!(
+        out,
+        "endpoint: handshakes accepted by QUIC {}  refused {}  ignored {}  failed (TLS/pin/timeout) {}  unknown peer {}  handed to a peer {}",
+        quic.accepted_handshakes,
+        quic.refused_handshakes,
+        quic.ignored_handshakes,
+        load(&state.handshakes.failed),
+        load(&state.handshakes.unknown_peer),
+        load(&state.handshakes.accepted),
+    );
+    for (i, shard) in state.counters.iter().enumerate() {
+        let lan_in: u64 = shard.iter().map(|c| load(&c.lan_in_packets)).sum();
+        let lan_out: u64 = shard.iter().map(|c| load(&c.lan_out_packets)).sum();
+        let _ = writeln!(
+            out,
+            "shard {i}: restarts {}  LAN in {lan_in} packets  LAN out {lan_out} packets",
+            state.restarts.get(i).map_or(0, |r| load(r))
+        );
+    }
     for (i, peer) in state.peers.iter().enumerate() {
         let session = &state.sessions[i];
         let conn = session.connection.lock().expect("status lock").clone();
@@ -104,6 +128,16 @@ pub fn report(state: &State) -> String {
                     c.rtt().as_secs_f64() * 1000.0,
                     session.connects.load(std::sync::atomic::Ordering::Relaxed),
                     peer.fingerprint
+                );
+                let stats = c.stats();
+                let _ = writeln!(
+                    out,
+                    "  QUIC: UDP datagrams in {} out {}  packets lost {}  congestion events {}  DATAGRAM frames in {}",
+                    stats.udp_rx.datagrams,
+                    stats.udp_tx.datagrams,
+                    stats.path.lost_packets,
+                    stats.path.congestion_events,
+                    stats.frame_rx.datagram,
                 );
             }
             None => {

@@ -171,15 +171,22 @@ fn status(config: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let report = runtime
-        .block_on(sluice::control::request_status(&path))
-        .with_context(|| {
-            format!(
-                "no running gateway answers on {} (is `sluice up -c {}` running?)",
-                path.display(),
-                config.display()
-            )
-        })?;
+    let reply = runtime.block_on(sluice::control::request_status(&path));
+    if let Err(e) = &reply
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        anyhow::bail!(
+            "permission denied on the control socket {}: only root (the gateway's user) may use it",
+            path.display()
+        );
+    }
+    let report = reply.with_context(|| {
+        format!(
+            "no running gateway answers on {} (is `sluice up -c {}` running?)",
+            path.display(),
+            config.display()
+        )
+    })?;
     print!("{report}");
     Ok(())
 }

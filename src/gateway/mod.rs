@@ -11,9 +11,12 @@ pub mod counters;
 pub mod peers;
 pub mod session;
 pub mod shard;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -58,7 +61,25 @@ pub struct State {
     pub sessions: Vec<Arc<SessionStatus>>,
     /// `counters[shard][peer]`.
     pub counters: Vec<Vec<Arc<ShardCounters>>>,
+    /// Times each shard was restarted after a panic, by shard.
+    pub restarts: Vec<Arc<AtomicU64>>,
+    /// What the accept loop saw, for the endpoint line of the report.
+    pub handshakes: Arc<HandshakeCounters>,
+    /// The QUIC endpoint, for quinn's own handshake counters.
+    pub endpoint: Arc<transport::Endpoint>,
     pub started: Instant,
+}
+
+/// Incoming connection attempts, counted by the accept loop (quinn counts none of the ways a
+/// handshake can fail after it was accepted).
+#[derive(Debug, Default)]
+pub struct HandshakeCounters {
+    /// Handshakes that failed: certificate not pinned, TLS error, timeout.
+    pub failed: AtomicU64,
+    /// Handshakes that succeeded with a certificate no configured peer pins (closed at once).
+    pub unknown_peer: AtomicU64,
+    /// Handshakes handed to a peer's session.
+    pub accepted: AtomicU64,
 }
 
 impl State {
@@ -107,6 +128,37 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let peers = Arc::new(Peers::new(peer_list));
     let name = iface.name.to_string();
 
+    // QUIC first: a port in use must fail before any device or route exists.
+    let listen = iface.listen.unwrap_or_else(|| {
+        if wan_ipv6 {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        }
+    });
+    let tuning = Tuning {
+        wan_mtu: iface.wan_mtu,
+        ..Tuning::default()
+    };
+    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| *p.fingerprint.as_bytes()).collect();
+    let endpoint = Arc::new(
+        transport::endpoint(
+            listen,
+            transport::Identity {
+                certificate: iface.certificate.clone(),
+                private_key: iface.key.der().clone_key(),
+            },
+            allowed,
+            &tuning,
+        )
+        .with_context(|| {
+            format!(
+                "binding QUIC on {listen} (interface.listen in {})",
+                settings.file().display()
+            )
+        })?,
+    );
+
     // The device and its addresses and routes.
     let tun = crate::tun::TunDevice::create(&crate::tun::TunConfig {
         name: name.clone(),
@@ -114,7 +166,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         queues: shards,
         offload: true,
     })
-    .with_context(|| format!("creating TUN device {name}"))?;
+    .with_context(|| {
+        format!(
+            "creating TUN device {name} (interface.name in {}; needs CAP_NET_ADMIN and /dev/net/tun)",
+            settings.file().display()
+        )
+    })?;
     let offload = tun.offload().tcp;
     let index = tun.index();
     let queues: Vec<Arc<crate::tun::TunQueue>> =
@@ -145,32 +202,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }
     }
 
-    // QUIC.
-    let listen = iface.listen.unwrap_or_else(|| {
-        if wan_ipv6 {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        }
-    });
-    let tuning = Tuning {
-        wan_mtu: iface.wan_mtu,
-        ..Tuning::default()
-    };
-    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| *p.fingerprint.as_bytes()).collect();
-    let endpoint = Arc::new(
-        transport::endpoint(
-            listen,
-            transport::Identity {
-                certificate: iface.certificate.clone(),
-                private_key: iface.key.der().clone_key(),
-            },
-            allowed,
-            &tuning,
-        )
-        .with_context(|| format!("binding QUIC on {listen}"))?,
-    );
-
     // Shards.
     let optimize = settings.optimize();
     let encoder_config = EncoderConfig {
@@ -183,6 +214,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .map(|_| (0..peers.len()).map(|_| Arc::default()).collect())
         .collect();
     let sessions: Vec<Arc<SessionStatus>> = (0..peers.len()).map(|_| Arc::default()).collect();
+    let restarts: Vec<Arc<AtomicU64>> = (0..shards).map(|_| Arc::default()).collect();
     let mut shard_tx = Vec::new();
     let mut supervisors = Vec::new();
     for i in 0..shards {
@@ -210,6 +242,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             Arc::new(Mutex::new(rx)),
             tx,
             sessions.clone(),
+            restarts[i].clone(),
             shutdown.clone(),
         )));
     }
@@ -236,10 +269,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         incoming_tx.push(tx);
         tokio::spawn(session::run(i, shared.clone(), status.clone(), rx));
     }
+    let handshakes = Arc::new(HandshakeCounters::default());
     tokio::spawn(accept_loop(
         endpoint.clone(),
         peers.clone(),
         incoming_tx,
+        handshakes.clone(),
         shutdown.clone(),
     ));
 
@@ -251,6 +286,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         peers: peers.clone(),
         sessions,
         counters,
+        restarts,
+        handshakes,
+        endpoint: endpoint.clone(),
         started,
     });
     let socket_path = iface.control_socket.clone();
@@ -298,6 +336,7 @@ async fn supervise(
     commands: Arc<Mutex<mpsc::Receiver<Command>>>,
     own_tx: mpsc::Sender<Command>,
     sessions: Vec<Arc<SessionStatus>>,
+    restart_count: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
     let mut restarts = 0u32;
@@ -313,6 +352,7 @@ async fn supervise(
             Ok(()) => return,
             Err(e) if e.is_panic() => {
                 restarts += 1;
+                restart_count.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     shard = index,
                     restarts,
@@ -344,6 +384,7 @@ async fn accept_loop(
     endpoint: Arc<transport::Endpoint>,
     peers: Arc<Peers>,
     sessions: Vec<mpsc::Sender<quinn::Connection>>,
+    counts: Arc<HandshakeCounters>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -354,6 +395,7 @@ async fn accept_loop(
         let endpoint = endpoint.clone();
         let peers = peers.clone();
         let sessions = sessions.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             match transport::handshake(&endpoint, incoming).await {
                 Ok((conn, digest)) => {
@@ -361,12 +403,17 @@ async fn accept_loop(
                         .iter()
                         .position(|p| p.fingerprint.as_bytes() == &digest)
                     else {
+                        counts.unknown_peer.fetch_add(1, Ordering::Relaxed);
                         conn.close(3u32.into(), b"unknown peer");
                         return;
                     };
+                    counts.accepted.fetch_add(1, Ordering::Relaxed);
                     let _ = sessions[i].send(conn).await;
                 }
-                Err(e) => tracing::warn!(error = %e, "incoming connection refused"),
+                Err(e) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "incoming connection refused");
+                }
             }
         });
     }

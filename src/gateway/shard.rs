@@ -300,6 +300,8 @@ impl Running {
     }
 
     fn on_packet(&mut self, now: Timestamp, packet: &[u8], gso: Option<GsoMeta>) {
+        #[cfg(feature = "test-hooks")]
+        super::test_hooks::on_tun_packet(self.shard.index, packet);
         let Some(dst) = destination(packet) else {
             tracing::trace!("unparsable packet from TUN dropped");
             return;
