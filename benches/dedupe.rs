@@ -78,7 +78,10 @@ fn text_corpus() -> Vec<u8> {
         }
         if corpus.len() >= CORPUS_LEN {
             corpus.truncate(CORPUS_LEN);
-            eprintln!("corpus: {CORPUS_LEN} bytes of *.{ext} under {}", dir.display());
+            eprintln!(
+                "corpus: {CORPUS_LEN} bytes of *.{ext} under {}",
+                dir.display()
+            );
             return corpus;
         }
     }
@@ -99,10 +102,7 @@ fn send_plain(enc: &EncoderCache, dec: &DecoderCache, area: &[u8], stream: &mut 
 }
 
 fn pair(cache: usize, min_match: usize) -> (EncoderCache, DecoderCache) {
-    let config = DedupeConfig {
-        cache,
-        min_match,
-    };
+    let config = DedupeConfig { cache, min_match };
     let enc = EncoderCache::new(config);
     let dec = DecoderCache::new(config);
     dec.handle_announce(enc.poll_announce().expect("epoch"));

@@ -438,7 +438,10 @@ impl Running {
             let codec_in: u64 = codecs.iter().map(|c| c.area_bytes).sum();
             let codec_out: u64 = codecs.iter().map(|c| c.body_bytes).sum();
             add(&counters.codec_in_bytes, codec_in - state.codec_reported.0);
-            add(&counters.codec_out_bytes, codec_out - state.codec_reported.1);
+            add(
+                &counters.codec_out_bytes,
+                codec_out - state.codec_reported.1,
+            );
             state.codec_reported = (codec_in, codec_out);
             while let Some(n) = state.encoder.poll_control(&mut self.control) {
                 send_control(&state.link, &self.control[..n]);

@@ -316,13 +316,31 @@ impl Scan<'_> {
         let last = area.len() - KEY_LEN;
         let mut literal_start = 0;
         let mut i = 0;
+        // Where the last reference's source continues, as the ring position of area index 0:
+        // data sent again is mostly sent in the same order, so the bytes after a match are
+        // first looked for right after its source (like an LZ "repeat offset"). Without it,
+        // a range that occurs in many places (page boilerplate) is taken from the newest copy
+        // and the match ends with it.
+        let mut repeat: Option<i128> = None;
         while i <= last {
             if anchor_hash(window(area, i)) >> (64 - SAMPLE_BITS) != 0 {
                 i += 1;
                 continue;
             }
             let key = key_hash(area[i..i + KEY_LEN].try_into().expect("KEY_LEN bytes"));
-            if let Some((start, len, ref_pos)) = self.lookup(area, literal_start, i, key) {
+            let continued = repeat
+                .and_then(|base| u64::try_from(base + i as i128).ok())
+                .filter(|&cand| cand < self.head)
+                .and_then(|cand| self.verify(area, literal_start, i, cand));
+            let found = match continued {
+                Some(m) => {
+                    self.hits += 1;
+                    Some(m)
+                }
+                None => self.lookup(area, literal_start, i, key),
+            };
+            if let Some((start, len, ref_pos)) = found {
+                repeat = Some(ref_pos as i128 - start as i128);
                 push_literal(out, &area[literal_start..start]);
                 push_reference(out, len, self.place.pos as i64 - ref_pos as i64);
                 self.refs += 1;
@@ -379,36 +397,31 @@ impl Scan<'_> {
             .and_then(|e| cache.position_of(self.head, e as u32 as usize));
         self.lookups += 1;
         let result = candidate.and_then(|cand| self.verify(area, floor, i, cand));
-        match result {
-            Some(m) => {
-                self.hits += 1;
-                // The older copy stays indexed while it is fresh; the newer one is refreshed
-                // by the caller's pass over the matched range otherwise.
-                let fresh = candidate.is_some_and(|c| self.head - c < cache.ring.size() / 2);
-                if !fresh {
-                    self.insert(key, i);
-                }
-                Some(m)
-            }
-            None => {
-                // Keep a fresh entry for the same bytes (likely acked soon, or acked already
-                // and just not matching here); otherwise this anchor takes the slot.
-                let keep = candidate
-                    .is_some_and(|c| self.head - c < cache.ring.size() / 2 && c < self.place.pos);
-                if !keep {
-                    self.insert(key, i);
-                }
-                None
-            }
+        if result.is_some() {
+            self.hits += 1;
         }
+        self.insert(key, i);
+        result
     }
 
+    /// Records the anchor at `i` under `key`, unless the slot already holds the same bytes at
+    /// a position less than half a ring old: the older copy is kept. It is acknowledged (or
+    /// soon will be) while this one is still in flight, and data that repeats within a round
+    /// trip would otherwise always point at a copy nobody may reference yet.
     fn insert(&self, key: u64, i: usize) {
-        let offset = self.cache.ring.offset(self.place.pos + i as u64) as u64;
-        let entry = (u64::from((key as u32) | 1) << 32) | offset;
-        self.cache
-            .slot_or_claim(key)
-            .store(entry, Ordering::Relaxed);
+        let cache = self.cache;
+        let check = (key as u32) | 1;
+        let slot = cache.slot_or_claim(key);
+        let old = slot.load(Ordering::Relaxed);
+        if (old >> 32) as u32 == check
+            && let Some(c) = cache.position_of(self.head, old as u32 as usize)
+            && self.head - c < cache.ring.size() / 2
+            && c < self.place.pos
+        {
+            return;
+        }
+        let offset = cache.ring.offset(self.place.pos + i as u64) as u64;
+        slot.store((u64::from(check) << 32) | offset, Ordering::Relaxed);
     }
 
     /// Compares the area around `i` with the ring around candidate position `cand`.
