@@ -429,7 +429,7 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
     let _server = sites::http_server(&topo, &topo.lan_b, &served, addr::LAN_B);
     let payload = std::fs::metadata(&docs).unwrap().len();
 
-    let mut fetch = |url: &str, want: &std::path::Path| {
+    let fetch = |url: &str, want: &std::path::Path| {
         let before = topo.wan_bytes();
         let got = topo.dir.join("got");
         sites::fetch(&topo, &topo.lan_a, url, &got);
@@ -481,7 +481,10 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
         "curl-restart.log",
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(curl.is_running(), "the fetch is still running at the restart");
+    assert!(
+        curl.is_running(),
+        "the fetch is still running at the restart"
+    );
     g.gw_b.signal("KILL");
     assert!(g.gw_b.wait_exit(Duration::from_secs(2)).is_some());
     g.gw_b = sites::start(&topo, &topo.gw_b, &g.b, &g.opts, "gw-b2.log");
