@@ -174,6 +174,17 @@ pub struct Tuning {
     pub wan_mtu: u16,
     /// Congestion controller.
     pub congestion: Congestion,
+    /// QUIC loss detection: a packet is declared lost once a packet sent this many after it
+    /// is acknowledged. quinn's default (3, RFC 9002) reads every reordering by more than three
+    /// datagrams as a loss; each is a congestion event (quinn never undoes a spurious one), so
+    /// a jittery link (20 ms ± 5 ms reorders hundreds of datagrams at 100 Mbit/s) shrank the
+    /// congestion window to its minimum. The inner TCP sees real losses anyway; the tunnel's
+    /// own detection relies on `time_threshold` instead.
+    pub packet_threshold: u32,
+    /// QUIC loss detection: ... or once it was sent this many percent of an RTT (the larger of
+    /// the smoothed and the latest) before an acknowledged packet. quinn's default is 112.5%;
+    /// 150% leaves room for RTT jitter of a quarter of the RTT.
+    pub time_threshold_percent: u16,
 }
 
 impl Default for Tuning {
@@ -187,6 +198,8 @@ impl Default for Tuning {
             socket_receive_buffer: Some(2 * 1024 * 1024),
             wan_mtu: 1500,
             congestion: Congestion::Cubic,
+            packet_threshold: 1000,
+            time_threshold_percent: 150,
         }
     }
 }
@@ -639,7 +652,9 @@ fn transport_config(
         .mtu_discovery_config(Some(mtu_discovery))
         // One control stream per connection; nothing uses unidirectional streams.
         .max_concurrent_bidi_streams(1u32.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        .packet_threshold(tuning.packet_threshold)
+        .time_threshold(f32::from(tuning.time_threshold_percent) / 100.0);
     match tuning.congestion {
         Congestion::Cubic => config
             .congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
