@@ -6,9 +6,18 @@
 //!   malformed is ever returned by [`Decoder::poll_packet`].
 //! - **In order per shard.** Blocks are released in sequence order, so packets of one flow
 //!   (always on one shard) stay in order. A block that arrives early waits in a window of
-//!   [`WINDOW`] sequence numbers for at most [`DecoderConfig::reorder_timeout`]; then the gap
-//!   before it is given up, and the missing block, should it still come, is dropped as stale.
-//!   A loss therefore costs only the packets of the lost block.
+//!   [`WINDOW`] sequence numbers for at most the reorder window; then the gap before it is
+//!   given up, and the missing block, should it still come, is dropped as stale. A loss
+//!   therefore costs only the packets of the lost block.
+//! - **Adaptive reorder window** (in the spirit of TCP RACK, RFC 8985). The window starts at
+//!   [`DecoderConfig::reorder_timeout`], small so a real loss costs little latency. It follows
+//!   the reordering the link shows: how long complete blocks waited behind a gap that was then
+//!   filled, and how late a block came whose gap had already been given up (a block dropped as
+//!   stale is an artificial loss, so the window grows to cover it). It is bounded by
+//!   [`DecoderConfig::max_reorder_timeout`] and decays back towards the base by an eighth every
+//!   [`REORDER_DECAY_STEP`] when the link stops reordering. A jittery link (20 ms ± 5 ms
+//!   reorders datagrams by up to 10 ms) then loses nothing instead of a block per late
+//!   datagram.
 //! - **Bounded.** At most [`WINDOW`] blocks (and one block far ahead of the window) are held,
 //!   each at most [`MAX_BLOCK_LEN`] bytes, and no more than
 //!   [`DecoderConfig::max_held_bytes`] in all; restored packets wait in a buffer of fixed size.
@@ -36,8 +45,26 @@ use super::wire::{
     WireError,
 };
 
-/// Sequence numbers the reorder window spans (the width of an ack's bitmap).
-pub const WINDOW: u32 = 64;
+/// Sequence numbers the reorder window spans. Blocks of one datagram (a lossy link) at 20,000
+/// a second (about 200 Mbit/s) and 25 ms of reordering still fit. A complete block beyond the
+/// window proves the gaps at its front are losses (they are given up at once), and it waits
+/// aside until the window reaches it.
+pub const WINDOW: u32 = 512;
+
+/// A slot keeps a block buffer of at most this capacity for reuse (a one-datagram block);
+/// bigger ones are freed when the slot empties, so a window of [`WINDOW`] slots does not pin
+/// [`WINDOW`] maximal blocks of memory. (Allocating 64 KiB per fragmented block costs far
+/// less than decompressing it.)
+const SLOT_KEEP_BYTES: usize = 2048;
+
+/// The learned reordering shrinks by an eighth this often (it halves in about 1.3 s), so the
+/// window returns to its base a few seconds after a link stops reordering, while any link that
+/// keeps reordering refreshes it with every filled gap.
+pub const REORDER_DECAY_STEP: Duration = Duration::from_millis(250);
+
+/// Recent give-ups remembered, to tell a late block (its gap was given up) from a duplicate
+/// and to measure how late it was.
+const GIVEN_UP_RECORDS: usize = 8;
 
 /// Bytes of restored packets the decoder keeps for the caller: two full blocks, so an
 /// in-order block can be restored while the previous one is still being drained.
@@ -51,8 +78,12 @@ const MAX_FRAGMENTS: usize =
 /// Settings of one decoder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecoderConfig {
-    /// Longest a complete block waits for a missing earlier one.
+    /// Longest a complete block waits for a missing earlier one while the link shows no
+    /// reordering: the base of the adaptive reorder window (see the module doc).
     pub reorder_timeout: Duration,
+    /// Upper bound of the adaptive reorder window: the most latency a real loss can cost a
+    /// shard's packets behind it on a link that reorders a lot.
+    pub max_reorder_timeout: Duration,
     /// Longest the fragments of an incomplete block are kept.
     pub reassembly_timeout: Duration,
     /// Most bytes held in the reorder window and reassembly, all blocks together.
@@ -70,6 +101,7 @@ impl Default for DecoderConfig {
     fn default() -> Self {
         DecoderConfig {
             reorder_timeout: Duration::from_millis(5),
+            max_reorder_timeout: Duration::from_millis(50),
             reassembly_timeout: Duration::from_millis(500),
             max_held_bytes: 2 * 1024 * 1024,
             ack_every: 8,
@@ -107,6 +139,9 @@ struct Slot {
 
 impl Slot {
     fn clear(&mut self) {
+        if self.buf.capacity() > SLOT_KEEP_BYTES {
+            self.buf = Vec::new();
+        }
         self.state = SlotState::Empty;
         self.ranges.clear();
         self.received = 0;
@@ -173,6 +208,109 @@ impl Slot {
     }
 }
 
+/// A run of sequence numbers given up at once, remembered to recognise their late blocks.
+#[derive(Clone, Copy, Debug, Default)]
+struct GivenUp {
+    /// First sequence number given up.
+    start: u32,
+    /// Number of sequence numbers given up from `start`.
+    count: u32,
+    /// When the oldest complete block behind the gap started waiting: a block of the run that
+    /// arrives at `now` would have needed a window of `now - since`.
+    since: Timestamp,
+}
+
+/// The adaptive reorder window: how long complete blocks wait behind a gap.
+#[derive(Debug)]
+struct ReorderWindow {
+    /// Least window ([`DecoderConfig::reorder_timeout`]).
+    base: Duration,
+    /// Largest window ([`DecoderConfig::max_reorder_timeout`]).
+    max: Duration,
+    /// Reordering seen recently (a decaying maximum).
+    observed: Duration,
+    /// When `observed` last decayed.
+    decayed_at: Option<Timestamp>,
+    /// Recent give-ups, a ring written at `next_record`.
+    given_up: [GivenUp; GIVEN_UP_RECORDS],
+    next_record: usize,
+}
+
+impl ReorderWindow {
+    fn new(config: &DecoderConfig) -> ReorderWindow {
+        ReorderWindow {
+            base: config.reorder_timeout,
+            max: config.max_reorder_timeout.max(config.reorder_timeout),
+            observed: Duration::ZERO,
+            decayed_at: None,
+            given_up: [GivenUp::default(); GIVEN_UP_RECORDS],
+            next_record: 0,
+        }
+    }
+
+    /// The current window: the reordering seen plus a quarter for margin, within bounds.
+    fn current(&self) -> Duration {
+        (self.observed + self.observed / 4).clamp(self.base, self.max)
+    }
+
+    /// Lets `observed` decay by an eighth per [`REORDER_DECAY_STEP`] since the last call.
+    fn decay(&mut self, now: Timestamp) {
+        let last = *self.decayed_at.get_or_insert(now);
+        let steps = now.saturating_since(last).as_nanos() / REORDER_DECAY_STEP.as_nanos();
+        if steps == 0 {
+            return;
+        }
+        // 40 steps take any bounded window below a microsecond; more change nothing.
+        for _ in 0..steps.min(40) {
+            self.observed -= self.observed / 8;
+        }
+        self.decayed_at = Some(now);
+    }
+
+    /// Blocks waited `wait` behind a gap (filled or given up too early).
+    fn observe(&mut self, wait: Duration) {
+        self.observed = self.observed.max(wait.min(self.max));
+    }
+
+    /// Remembers that `count` sequence numbers from `start` were given up while blocks behind
+    /// them had waited since `since`.
+    fn record_give_up(&mut self, start: u32, count: u32, since: Timestamp) {
+        if count == 0 {
+            return;
+        }
+        self.given_up[self.next_record] = GivenUp {
+            start,
+            count,
+            since,
+        };
+        self.next_record = (self.next_record + 1) % GIVEN_UP_RECORDS;
+    }
+
+    /// A piece of block `seq` arrived after its gap was given up, if it was: widens the
+    /// window to cover it. Returns whether `seq` had been given up.
+    fn late(&mut self, now: Timestamp, seq: u32) -> bool {
+        let Some(record) = self
+            .given_up
+            .iter()
+            .find(|r| seq.wrapping_sub(r.start) < r.count)
+        else {
+            return false;
+        };
+        let needed = now.saturating_since(record.since);
+        self.observe(needed);
+        true
+    }
+}
+
+/// Why gaps are given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GiveUp {
+    /// Complete blocks waited behind them for the reorder window.
+    Timeout,
+    /// A block arrived beyond the window.
+    Overflow,
+}
+
 /// Why a piece could not be placed.
 enum Placement {
     /// Already have these bytes.
@@ -196,6 +334,8 @@ pub struct Decoder {
     /// Bytes held by `slots` and `far`.
     held: usize,
     decompressor: Decompressor,
+    /// How long complete blocks wait behind a gap.
+    reorder: ReorderWindow,
     /// Restored packet-area entries; `ready[ready_start..ready_end]` waits for the caller.
     ready: Vec<u8>,
     ready_start: usize,
@@ -229,6 +369,7 @@ impl Decoder {
         config: DecoderConfig,
         shard: u8,
     ) -> Result<Decoder, super::compress::CompressError> {
+        let reorder = ReorderWindow::new(&config);
         Ok(Decoder {
             config,
             shard,
@@ -238,6 +379,7 @@ impl Decoder {
             far: Slot::default(),
             held: 0,
             decompressor: Decompressor::new()?,
+            reorder,
             ready: vec![0; READY_CAP],
             ready_start: 0,
             ready_end: 0,
@@ -327,9 +469,13 @@ impl Decoder {
                 return Ok(());
             }
         }
+        self.reorder.decay(now);
         let ahead = id.seq.wrapping_sub(self.next);
         if ahead as i32 <= -1 {
             self.stats.stale += 1;
+            if self.reorder.late(now, id.seq) {
+                self.stats.late += 1;
+            }
             return Ok(());
         }
         let whole = chunk.len() == block_len;
@@ -342,8 +488,10 @@ impl Decoder {
             && self.slots[self.slot_index(id.seq)].state == SlotState::Empty
             && self.ready_room() >= MAX_AREA_LEN
         {
+            self.observe_fill(now);
             self.restore_into_ready(now, id, chunk)?;
             self.next = self.next.wrapping_add(1);
+            self.admit_far();
             return Ok(());
         }
         let index = self.slot_index(id.seq);
@@ -357,6 +505,10 @@ impl Decoder {
             self.held += block_len;
         }
         match slot.add(block_len, offset, chunk, now) {
+            Ok(true) if ahead == 0 => {
+                self.observe_fill(now);
+                Ok(())
+            }
             Ok(_) => Ok(()),
             Err(Placement::Duplicate) => {
                 self.stats.stale += 1;
@@ -364,6 +516,27 @@ impl Decoder {
             }
             Err(Placement::Mismatch) => Err(WireError::FragmentMismatch),
         }
+    }
+
+    /// The block at `next` just became complete: if complete blocks were waiting behind it,
+    /// the link reordered by as long as the oldest of them waited.
+    fn observe_fill(&mut self, now: Timestamp) {
+        if self.held == 0 {
+            return;
+        }
+        if let Some(since) = self.oldest_waiting() {
+            self.reorder.observe(now.saturating_since(since));
+        }
+    }
+
+    /// When the oldest complete block in the window (other than one at `next`) became
+    /// complete.
+    fn oldest_waiting(&self) -> Option<Timestamp> {
+        self.slots
+            .iter()
+            .filter(|s| s.state == SlotState::Complete && s.seq != self.next)
+            .map(|s| s.since)
+            .min()
     }
 
     /// A piece of a block at least [`WINDOW`] ahead: assemble it aside; once complete and
@@ -378,8 +551,11 @@ impl Decoder {
         chunk: &[u8],
     ) -> Result<(), WireError> {
         if self.far.state != SlotState::Empty && self.far.seq != id.seq {
-            // A newer far block replaces an older one; an older one is dropped.
-            if (id.seq.wrapping_sub(self.far.seq) as i32) < 0 {
+            // A newer far block replaces an older incomplete one; an older one, or any while a
+            // complete one waits for the window to reach it, is dropped.
+            if (id.seq.wrapping_sub(self.far.seq) as i32) < 0
+                || self.far.state == SlotState::Complete
+            {
                 self.stats.stale += 1;
                 return Ok(());
             }
@@ -420,22 +596,30 @@ impl Decoder {
             self.far.clear();
             return Err(e);
         }
-        // Give up the whole window and everything up to the far block.
-        let skipped = id.seq.wrapping_sub(self.next);
-        let mut given_up = 0u64;
+        if self.slots.iter().any(|s| s.state == SlotState::Complete) {
+            // A whole window of later blocks arrived while the front gaps waited: they are not
+            // reordered, they are lost. Give them up now so the complete blocks behind them can
+            // go; the far block waits until the window reaches it ([`Decoder::admit_far`]).
+            self.give_up_front(now, GiveUp::Overflow);
+            return Ok(());
+        }
+        self.jump_to_far();
+        Ok(())
+    }
+
+    /// Nothing complete in the window and a complete far block: everything before the far
+    /// block is missing, give it up and move the window there.
+    fn jump_to_far(&mut self) {
+        let seq = self.far.seq;
+        let skipped = seq.wrapping_sub(self.next);
         for slot in &mut self.slots {
-            if slot.state == SlotState::Complete {
-                given_up += 1;
-            }
             self.held -= slot.held();
             slot.clear();
         }
-        self.stats.gaps += u64::from(skipped) - given_up;
-        self.stats.stale += given_up;
-        self.next = id.seq;
-        let index = self.slot_index(id.seq);
+        self.stats.gaps += u64::from(skipped);
+        self.next = seq;
+        let index = self.slot_index(seq);
         std::mem::swap(&mut self.slots[index], &mut self.far);
-        Ok(())
     }
 
     fn slot_index(&self, seq: u32) -> usize {
@@ -558,6 +742,13 @@ impl Decoder {
             let index = self.slot_index(self.next);
             if self.slots[index].state != SlotState::Complete || self.slots[index].seq != self.next
             {
+                // A complete far block waits and nothing in the window can go before it.
+                if self.far.state == SlotState::Complete
+                    && !self.slots.iter().any(|s| s.state == SlotState::Complete)
+                {
+                    self.jump_to_far();
+                    continue;
+                }
                 return false;
             }
             self.ready_room();
@@ -573,6 +764,7 @@ impl Decoder {
             slot.clear();
             self.slots[index] = slot;
             self.next = self.next.wrapping_add(1);
+            self.admit_far();
             match result {
                 Ok(()) => return true,
                 Err(e) => self.stats.malformed[e.index()] += 1,
@@ -590,7 +782,13 @@ impl Decoder {
         if let Some(t) = self.reorder_deadline() {
             consider(t);
         }
-        for slot in self.slots.iter().chain(std::iter::once(&self.far)) {
+        // Nothing held: no partial block either.
+        let held = if self.held == 0 {
+            &[][..]
+        } else {
+            &self.slots[..]
+        };
+        for slot in held.iter().chain(std::iter::once(&self.far)) {
             if slot.state == SlotState::Partial {
                 consider(slot.since + self.config.reassembly_timeout);
             }
@@ -600,6 +798,9 @@ impl Decoder {
 
     /// When the oldest complete block waiting behind a gap stops waiting.
     fn reorder_deadline(&self) -> Option<Timestamp> {
+        if self.held == 0 {
+            return None;
+        }
         let head = &self.slots[self.slot_index(self.next)];
         if head.state == SlotState::Complete && head.seq == self.next {
             return None;
@@ -607,13 +808,14 @@ impl Decoder {
         self.slots
             .iter()
             .filter(|s| s.state == SlotState::Complete)
-            .map(|s| s.since + self.config.reorder_timeout)
+            .map(|s| s.since + self.reorder.current())
             .min()
     }
 
-    /// Lets time pass: gives up gaps that held complete blocks back for `reorder_timeout`,
+    /// Lets time pass: gives up gaps that held complete blocks back for the reorder window,
     /// and incomplete blocks older than `reassembly_timeout`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.reorder.decay(now);
         for slot in self.slots.iter_mut().chain(std::iter::once(&mut self.far)) {
             if slot.state == SlotState::Partial
                 && now.saturating_since(slot.since) >= self.config.reassembly_timeout
@@ -624,19 +826,63 @@ impl Decoder {
             }
         }
         while self.reorder_deadline().is_some_and(|d| d <= now) {
-            // Skip to the first complete block; the window holds one, so this ends.
-            for _ in 0..WINDOW {
-                let index = self.slot_index(self.next);
-                let slot = &mut self.slots[index];
-                if slot.state == SlotState::Complete && slot.seq == self.next {
-                    break;
-                }
-                self.held -= slot.held();
-                slot.clear();
-                self.stats.gaps += 1;
-                self.next = self.next.wrapping_add(1);
-            }
+            self.give_up_front(now, GiveUp::Timeout);
         }
+    }
+
+    /// Gives up the gaps at the front of the window, up to the first complete block (the
+    /// window must hold one). After a timeout they are remembered, so a block of theirs that
+    /// still comes widens the reorder window; after an overflow they are not (a wider window
+    /// would only overflow more).
+    fn give_up_front(&mut self, now: Timestamp, why: GiveUp) {
+        let since = self.oldest_waiting().unwrap_or(now);
+        let start = self.next;
+        // Skip to the first complete block; the window holds one, so this ends.
+        for _ in 0..WINDOW {
+            let index = self.slot_index(self.next);
+            let slot = &mut self.slots[index];
+            if slot.state == SlotState::Complete && slot.seq == self.next {
+                break;
+            }
+            self.held -= slot.held();
+            slot.clear();
+            self.stats.gaps += 1;
+            self.next = self.next.wrapping_add(1);
+        }
+        if why == GiveUp::Timeout {
+            self.reorder
+                .record_give_up(start, self.next.wrapping_sub(start), since);
+        }
+        self.admit_far();
+    }
+
+    /// Moves a complete, verified far block into the window once the window reaches it.
+    fn admit_far(&mut self) {
+        if self.far.state != SlotState::Complete {
+            return;
+        }
+        let ahead = self.far.seq.wrapping_sub(self.next);
+        if ahead as i32 <= -1 {
+            // The window moved past it (its sequence number was given up): too late.
+            self.held -= self.far.held();
+            self.far.clear();
+            self.stats.stale += 1;
+            return;
+        }
+        if ahead >= WINDOW {
+            return;
+        }
+        let index = self.slot_index(self.far.seq);
+        // The slot is empty or holds the same block again, reassembled in the window.
+        let slot = &mut self.slots[index];
+        self.held -= slot.held();
+        slot.clear();
+        std::mem::swap(&mut self.slots[index], &mut self.far);
+    }
+
+    /// The current reorder window: how long a complete block waits behind a gap.
+    pub fn reorder_window(&self) -> Duration {
+        self.reorder.current()
     }
 
     /// Takes a reset from the peer's encoder. An announcement for this shard adopts its epoch:
@@ -655,6 +901,8 @@ impl Decoder {
             slot.clear();
         }
         self.held = 0;
+        // The learned window describes the link and stays; give-ups of the old epoch go.
+        self.reorder.given_up = [GivenUp::default(); GIVEN_UP_RECORDS];
         self.largest = None;
         self.received = 0;
         self.unacked = 0;

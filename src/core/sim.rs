@@ -529,6 +529,11 @@ fn clean_link_delivers_everything_in_order() {
         assert_eq!(stats.malformed_total(), 0);
         assert_eq!(stats.gaps, 0);
         assert!(sim.encoder.stats().blocks_acked > 0, "acks flow back");
+        assert_eq!(
+            sim.encoder.stats().small_block_switches,
+            0,
+            "a clean link keeps big blocks"
+        );
         if compression != Compression::Off {
             assert!(
                 sim.encoder.stats().bytes_out < sim.encoder.stats().bytes_in,
@@ -1021,4 +1026,108 @@ fn dedupe_recovers_from_a_decoder_restart_after_one_reset() {
         delivered > 3000,
         "most packets after the restart arrive: {delivered} of 4000"
     );
+}
+
+/// Jitter alone (20 ms ± 5 ms, so datagrams reorder by up to 10 ms) loses nothing: the
+/// decoder widens its reorder window to cover how late blocks come, instead of giving gaps up
+/// and dropping the late blocks as stale (artificial loss that makes the inner TCP collapse).
+#[test]
+fn jitter_alone_loses_nothing() {
+    for seed in [51u64, 52, 53] {
+        let mut traffic = Traffic::new(seed, 8);
+        let imp = Impairments {
+            delay: Duration::from_millis(15),
+            jitter: Duration::from_millis(10),
+            ..Impairments::default()
+        };
+        let mut sim = Sim::new(
+            seed,
+            EncoderConfig::default(),
+            DecoderConfig::default(),
+            imp,
+            vec![1400],
+        );
+        sim.run(
+            &mut traffic,
+            6000,
+            3,
+            Duration::from_micros(300),
+            typical_size,
+        );
+        let stats = sim.decoder.stats();
+        eprintln!(
+            "seed {seed}: delivered {} of 6000, gaps {}, stale {}",
+            sim.checker.delivered, stats.gaps, stats.stale
+        );
+        // The first late blocks teach the decoder how much the link reorders: allow a few
+        // packets lost while it learns, nothing after.
+        assert!(
+            sim.checker.delivered >= 6000 - 60,
+            "seed {seed}: delivered {} of 6000 (gaps {}, stale {})",
+            sim.checker.delivered,
+            stats.gaps,
+            stats.stale
+        );
+    }
+}
+
+/// Sizes of full-size inner packets (the TUN MTU is about 1400).
+fn mtu_size(rng: &mut SmallRng) -> usize {
+    rng.random_range(1200..1400)
+}
+
+/// 1% datagram loss under a burst that batches into ~45-fragment blocks: once the acks show
+/// the loss, the encoder caps blocks at one datagram, so the packets lost are about the
+/// datagrams lost (1%), not the blocks that lost one of their fragments (~36%).
+#[test]
+fn loss_costs_about_one_packet_per_lost_datagram() {
+    // (seed, loss, jitter, packets per millisecond): 40 is about 400 Mbit/s, 10 about 100.
+    for (seed, loss, jitter_ms, burst) in
+        [(61u64, 0.01, 0, 40), (62, 0.01, 10, 10), (63, 0.05, 10, 10)]
+    {
+        let mut traffic = Traffic::new(seed, 8);
+        let imp = Impairments {
+            loss,
+            delay: Duration::from_millis(10 + (10 - jitter_ms) / 2),
+            jitter: Duration::from_millis(jitter_ms),
+            ..Impairments::default()
+        };
+        let mut sim = Sim::new(
+            seed,
+            EncoderConfig::default(),
+            DecoderConfig::default(),
+            imp,
+            vec![1400],
+        );
+        let total = 30_000;
+        sim.run(
+            &mut traffic,
+            total,
+            burst,
+            Duration::from_millis(1),
+            mtu_size,
+        );
+        let lost = total - sim.checker.delivered;
+        let datagrams = sim.encoder.stats().datagrams_out as f64;
+        let stats = sim.encoder.stats();
+        eprintln!(
+            "seed {seed} loss {loss} jitter {jitter_ms} ms: lost {lost} of {total} packets, \
+             {datagrams} datagrams, {} blocks, switches {}, estimate {:.4}, decoder gaps {} late {}",
+            stats.blocks,
+            stats.small_block_switches,
+            sim.encoder.loss_estimate(),
+            sim.decoder.stats().gaps,
+            sim.decoder.stats().late,
+        );
+        assert!(
+            sim.encoder.small_blocks(),
+            "seed {seed}: the loss was noticed"
+        );
+        // Datagram loss plus what the first blocks cost while the acks taught the encoder.
+        let bound = (total as f64 * loss * 1.5) as usize + 600;
+        assert!(
+            lost <= bound,
+            "seed {seed}: lost {lost} packets of {total} at {loss} datagram loss (bound {bound})"
+        );
+    }
 }

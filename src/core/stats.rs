@@ -54,6 +54,8 @@ pub struct EncoderStats {
     pub blocks_acked: u64,
     /// Blocks the peer's acks show as never received.
     pub blocks_lost: u64,
+    /// Times the loss estimate switched the encoder to blocks of one datagram.
+    pub small_block_switches: u64,
     /// Epochs started after the first (on the peer's request).
     pub resets: u64,
 }
@@ -89,6 +91,9 @@ pub struct DecoderStats {
     pub malformed: [u64; WireError::ALL.len()],
     /// Datagrams for blocks already delivered or given up (duplicates and late arrivals).
     pub stale: u64,
+    /// Of those, datagrams of blocks whose gap had already been given up: reordering longer
+    /// than the reorder window at the time (each one widens it).
+    pub late: u64,
     /// Datagrams of an epoch other than the current one.
     pub wrong_epoch: u64,
     /// Blocks given up because the caller did not drain restored packets.

@@ -20,7 +20,8 @@ use super::peers::{Link, Peers};
 use crate::core::packet::{Ipv4Packet, Ipv6Packet};
 use crate::core::wire::{self, Ack, Reset, ResetKind};
 use crate::core::{Decoder, DecoderConfig, Encoder, EncoderConfig, Timestamp};
-use crate::tun::{GsoMeta, TunQueue};
+use crate::tun::gso::{MAX_SEGMENT_HEADER, Segments};
+use crate::tun::{GsoKind, GsoMeta, TunQueue};
 
 /// Packets read from the TUN device per wake-up before the shard sends what it has: enough to
 /// fill a 64 KiB batch with full-size packets, small enough to keep a wake-up short.
@@ -137,6 +138,8 @@ struct Running {
     out: Vec<u8>,
     /// Scratch for control messages.
     control: Vec<u8>,
+    /// Scratch for one segment of a super-packet cut in software.
+    segment: Vec<u8>,
 }
 
 impl Shard {
@@ -151,6 +154,7 @@ impl Shard {
             malformed_log: MalformedLog::default(),
             out: vec![0; 65_536],
             control: vec![0; 64],
+            segment: Vec::with_capacity(65_536),
         };
         let mut buf = vec![0u8; 65_536];
         loop {
@@ -315,21 +319,26 @@ impl Running {
             add(&counters.no_link, 1);
             return;
         };
+        // On a lossy link the encoder keeps blocks to one datagram; a super-packet would still
+        // span ~45 and be lost with any one of them, so queue its segments instead: one lost
+        // datagram then costs the inner TCP about one segment. On a clean link the
+        // super-packet stays whole (the cheapest read, the best compression block).
+        if let Some(meta) = gso.filter(|g| g.kind != GsoKind::None)
+            && state.encoder.small_blocks()
+            && let Ok(mut segments) = Segments::new(packet, meta)
+        {
+            let mut header = [0u8; MAX_SEGMENT_HEADER];
+            while let Some((len, payload)) = segments.next_segment(&mut header) {
+                self.segment.clear();
+                self.segment.extend_from_slice(&header[..len]);
+                self.segment.extend_from_slice(&packet[payload]);
+                queue(&mut state.encoder, counters, now, &self.segment, &[]);
+            }
+            return;
+        }
         let mut meta = [0u8; GsoMeta::MAX_ENCODED_LEN];
         let meta_len = gso.map_or(0, |g| g.encode(&mut meta));
-        match state
-            .encoder
-            .handle_packet_with_meta(now, packet, &meta[..meta_len])
-        {
-            Ok(()) => {
-                add(&counters.lan_in_packets, 1);
-                add(&counters.lan_in_bytes, packet.len() as u64);
-            }
-            Err(e) => {
-                add(&counters.refused, 1);
-                tracing::debug!(error = %e, "packet refused by encoder");
-            }
-        }
+        queue(&mut state.encoder, counters, now, packet, &meta[..meta_len]);
     }
 
     fn on_datagram(&mut self, now: Timestamp, peer: usize, generation: u64, bytes: &[u8]) {
@@ -479,6 +488,26 @@ impl Running {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Hands one packet to the encoder and counts it.
+fn queue(
+    encoder: &mut Encoder,
+    counters: &ShardCounters,
+    now: Timestamp,
+    packet: &[u8],
+    meta: &[u8],
+) {
+    match encoder.handle_packet_with_meta(now, packet, meta) {
+        Ok(()) => {
+            add(&counters.lan_in_packets, 1);
+            add(&counters.lan_in_bytes, packet.len() as u64);
+        }
+        Err(e) => {
+            add(&counters.refused, 1);
+            tracing::debug!(error = %e, "packet refused by encoder");
         }
     }
 }
