@@ -158,7 +158,13 @@ fn main() {
             })
         });
     }
-    // Streams of one more repeat pass, for the decoder.
+    // A second pair whose decoder holds everything its encoder references: streams of one
+    // repeat pass, for the decoder. (The first pair's encoder acked blocks its decoder never
+    // saw, so its references would not resolve.)
+    let (enc, dec) = pair(64 << 20, 64);
+    for area in &areas {
+        send_plain(&enc, &dec, area, &mut stream);
+    }
     let repeats: Vec<(Place, Vec<u8>)> = areas
         .iter()
         .map(|area| {
