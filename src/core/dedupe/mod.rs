@@ -60,7 +60,7 @@ pub const SAMPLE_BITS: u32 = 5;
 pub const KEY_LEN: usize = 32;
 
 /// Default shortest reference, in bytes (see `benches/dedupe.rs` for how it was chosen).
-pub const DEFAULT_MIN_MATCH: usize = 64;
+pub const DEFAULT_MIN_MATCH: usize = 128;
 
 /// Areas shorter than this are not placed (pure TCP acks and the like: nothing to gain).
 pub const MIN_AREA: usize = 128;
