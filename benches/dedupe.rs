@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use sluice::core::dedupe::encode::Encoded;
-use sluice::core::dedupe::{DecoderCache, DedupeConfig, EncoderCache, Place};
+use sluice::core::dedupe::{DEFAULT_MIN_MATCH, DecoderCache, DedupeConfig, EncoderCache, Place};
 
 const CORPUS_LEN: usize = 16 << 20;
 const AREA: usize = 64_000;
@@ -89,6 +89,20 @@ fn text_corpus() -> Vec<u8> {
     std::process::exit(2);
 }
 
+/// `len` bytes from a xorshift generator: nothing in them repeats.
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Places, stores and acknowledges `area` on both ends without looking for references.
 fn send_plain(enc: &EncoderCache, dec: &DecoderCache, area: &[u8], stream: &mut Vec<u8>) {
     let place = enc.reserve(area.len());
@@ -127,6 +141,28 @@ fn main() {
         eprintln!(
             "encode_fresh: {} of {} bytes matched (text repeats itself inside the 4 MiB ring)",
             s.bytes_matched, s.bytes_in
+        );
+    }
+
+    {
+        // Incompressible fresh data (encrypted or compressed payloads): every anchor is a
+        // lookup that finds nothing, the cost dedupe adds to a tunnel full of such traffic.
+        let random = pseudo_random(CORPUS_LEN);
+        let random_areas: Vec<&[u8]> = random.chunks_exact(AREA).collect();
+        // A 4 MiB ring cycling through 16 MiB: no area is still there when it comes again.
+        let (enc, _dec) = pair(4 << 20, DEFAULT_MIN_MATCH);
+        let mut stream = Vec::new();
+        bench_encode(
+            &mut group,
+            "encode_random",
+            &enc,
+            &random_areas,
+            &mut stream,
+        );
+        let s = enc.stats();
+        eprintln!(
+            "encode_random: {} of {} bytes matched, {} lookups",
+            s.bytes_matched, s.bytes_in, s.lookups
         );
     }
 
@@ -184,6 +220,7 @@ fn main() {
     c.final_summary();
 
     min_match_table(&corpus[..8 << 20]);
+    fetch_table(&corpus);
 }
 
 /// Times placing, scanning and acknowledging `areas` in turn through `enc`.
@@ -254,6 +291,85 @@ fn min_match_table(corpus: &[u8]) {
             "| {min_match} | {} | {stream_bytes} | {packed} | {:.3} |",
             enc.stats().refs - before,
             packed as f64 / baseline as f64
+        );
+    }
+}
+
+/// `corpus` cut into packet-like areas the way a TCP transfer through the tunnel cuts it: a
+/// 64-byte header (IP, TCP, offload metadata) that differs per packet, then a payload whose
+/// size varies from one super-packet to the next, so two transfers of the same bytes never
+/// cut them at the same places.
+fn packetize(corpus: &[u8], seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut areas = Vec::new();
+    let mut at = 0;
+    while at < corpus.len() {
+        let len = (1448 * (1 + next() % 44) as usize).min(corpus.len() - at);
+        let mut area = Vec::with_capacity(64 + len);
+        for _ in 0..8 {
+            area.extend_from_slice(&next().to_le_bytes());
+        }
+        area.extend_from_slice(&corpus[at..at + len]);
+        areas.push(area);
+        at += len;
+    }
+    areas
+}
+
+/// WAN-side bytes (after lz4) of a first transfer of `corpus`, the same again, and a new
+/// version (8 bytes changed every 64 KiB), with dedupe on and off, each cut into packets
+/// differently (see [`packetize`]).
+fn fetch_table(corpus: &[u8]) {
+    let mut version = corpus.to_vec();
+    let mut at = 32 * 1024;
+    while at + 8 < version.len() {
+        for b in &mut version[at..at + 8] {
+            *b = b.wrapping_add(1);
+        }
+        at += 64 * 1024;
+    }
+    let lz4 = |bytes: &[u8]| lz4_flex::block::compress(bytes).len().min(bytes.len());
+    let (enc, _dec) = pair(64 << 20, DEFAULT_MIN_MATCH);
+    let mut stream = Vec::new();
+    println!();
+    println!(
+        "transfers of {} bytes of text, cut into packets of 64-byte headers and 1448 to 63712 payload bytes",
+        corpus.len()
+    );
+    println!("| transfer | lz4 alone | dedupe + lz4 | ratio | references | matched bytes |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut first = 0;
+    for (name, bytes, seed) in [
+        ("first", corpus, 1),
+        ("repeat", corpus, 2),
+        ("new version", &version[..], 3),
+    ] {
+        let before = enc.stats();
+        let (mut plain, mut packed) = (0, 0);
+        for area in packetize(bytes, seed) {
+            plain += lz4(&area);
+            let place = enc.reserve(area.len());
+            packed += match enc.encode(place, &area, &mut stream) {
+                Encoded::Plain => lz4(&area),
+                Encoded::Stream => lz4(&stream),
+            };
+            enc.acked(place, area.len());
+        }
+        if first == 0 {
+            first = packed;
+        }
+        let after = enc.stats();
+        println!(
+            "| {name} | {plain} | {packed} | {:.4} of first | {} | {} |",
+            packed as f64 / first as f64,
+            after.refs - before.refs,
+            after.bytes_matched - before.bytes_matched
         );
     }
 }

@@ -470,14 +470,14 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
     let version = fetch("http://10.2.0.2:8080/docs-v2.tar", &edited);
     let status = sites::status(&topo, &topo.gw_b, &g.b);
     eprintln!("{status}");
-    // The issue asks for at most 10% of the first fetch. Measured here: 21-26% — the
-    // first fetch itself is deduplicated (the docs repeat themselves: 80% of its bytes were
-    // references), so it costs only 0.06 of its payload, and the repeat pays a reference per
-    // ~1 KB. Against the payload, the repeat costs under 2%. The bounds below are what the
-    // code does with margin, not the issue's target (see the issue note).
+    // The issue asks for at most 10% of the first fetch. Measured here: 17-18% — the
+    // first fetch itself is deduplicated (the docs repeat themselves: 76% of its bytes were
+    // references), so it costs only 0.06 of its payload, and the repeat still pays a
+    // reference per ~2.7 KB. Against the payload, the repeat costs about 1.1%. The bounds
+    // below are what the code does with margin, not the issue's target (see the issue note).
     assert!(
-        second * 100 <= first * 35,
-        "the second fetch took {second} WAN bytes, more than 35% of the first's {first}"
+        second * 100 <= first * 30,
+        "the second fetch took {second} WAN bytes, more than 30% of the first's {first}"
     );
     assert!(
         second * 100 <= payload * 3,

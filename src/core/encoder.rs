@@ -35,7 +35,7 @@ use std::time::Duration;
 use super::Timestamp;
 use super::compress::{Codec, Compressor};
 use super::dedupe::encode::Encoded;
-use super::dedupe::{EncoderCache, Place};
+use super::dedupe::{self, EncoderCache, Place};
 use super::packet;
 use super::stats::EncoderStats;
 use super::wire::{
@@ -46,6 +46,10 @@ use super::wire::{
 /// Placed blocks remembered until their ack: one slot per sequence number modulo this. The
 /// decoder acks within 64 blocks (its ack bitmap); older blocks stay unreferenced.
 const IN_FLIGHT: usize = 256;
+
+/// Bytes of a packet taken as headers when judging whether a block carries data worth
+/// deduplicating (IPv6 + TCP with options fit).
+const HEADER_ALLOWANCE: usize = 80;
 
 /// Blocks whose datagram count is remembered for the loss estimate, by sequence number
 /// modulo this: more than the decoder's reorder window holds, so an ack finds its block's
@@ -575,14 +579,19 @@ impl Encoder {
         let pending = &queue.area[queue.start..];
         let mut cut = 0;
         let mut count = 0;
+        // Packet bytes past what headers take: a block of pure TCP acks has next to none and
+        // is not worth a place in the dedupe ring.
+        let mut payload = 0;
         while cut < pending.len() && count < MAX_PACKETS_PER_BLOCK {
             // The queue only holds entries written by push_area_entry.
-            let (_, used) = wire::next_area_entry(&pending[cut..]).expect("queue entries valid");
+            let (entry, used) =
+                wire::next_area_entry(&pending[cut..]).expect("queue entries valid");
             if count > 0 && cut + used > limit {
                 break;
             }
             cut += used;
             count += 1;
+            payload += entry.packet.len().saturating_sub(HEADER_ALLOWANCE);
         }
         let area = &pending[..cut];
         let id = BlockId {
@@ -611,6 +620,7 @@ impl Encoder {
         // Dedupe first: the codec then sees the literals and references, or the plain area.
         let mut input = area;
         if let Some(cache) = self.dedupe.as_deref()
+            && payload >= dedupe::MIN_AREA
             && cache.wants(area.len())
         {
             let place = cache.reserve(area.len());

@@ -13,6 +13,9 @@ const ANCHOR_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Index slots per lazily claimed page.
 const PAGE_SLOTS: usize = 1 << 16;
 
+/// Slots per index bucket: the oldest copy still worth keeping, and the newest.
+const WAYS: usize = 2;
+
 /// Positions live in the low 48 bits of the state word, the epoch in the high 16.
 const POS_BITS: u32 = 48;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
@@ -68,8 +71,8 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// The sending end of one dedupe context, shared by every shard that sends to the peer.
 pub struct EncoderCache {
     ring: Ring,
-    /// Hash-addressed slots: `check << 32 | ring offset` of the latest anchor with that key
-    /// (0: empty). Claimed in pages on first insert.
+    /// Hash-addressed buckets of [`WAYS`] slots, each `check << 32 | ring offset` of an
+    /// anchor with that key (0: empty). Claimed in pages on first insert.
     index: Box<[OnceLock<Box<[AtomicU64]>>]>,
     index_bits: u32,
     /// `epoch << 48 | next free position`.
@@ -226,6 +229,8 @@ impl EncoderCache {
             cache: self,
             place,
             head: head & POS_MASK,
+            head_offset: self.ring.offset(head & POS_MASK) as u64,
+            place_offset: self.ring.offset(place.pos),
             // A reset since the place was taken: nothing of this epoch is worth looking up.
             search: (head >> POS_BITS) as u16 == place.epoch,
             lookups: 0,
@@ -248,26 +253,19 @@ impl EncoderCache {
         result
     }
 
-    fn slot(&self, key: u64) -> Option<&AtomicU64> {
-        let i = (key >> (64 - self.index_bits)) as usize;
+    /// The two slots of `key`'s bucket (see [`Scan::insert`]), if its page is claimed.
+    fn bucket(&self, key: u64) -> Option<&[AtomicU64]> {
+        let i = (key >> (65 - self.index_bits)) as usize * WAYS;
         self.index[i / PAGE_SLOTS]
             .get()
-            .map(|page| &page[i % PAGE_SLOTS])
+            .map(|page| &page[i % PAGE_SLOTS..i % PAGE_SLOTS + WAYS])
     }
 
-    fn slot_or_claim(&self, key: u64) -> &AtomicU64 {
-        let i = (key >> (64 - self.index_bits)) as usize;
+    fn bucket_or_claim(&self, key: u64) -> &[AtomicU64] {
+        let i = (key >> (65 - self.index_bits)) as usize * WAYS;
         let page = self.index[i / PAGE_SLOTS]
             .get_or_init(|| (0..PAGE_SLOTS).map(|_| AtomicU64::new(0)).collect());
-        &page[i % PAGE_SLOTS]
-    }
-
-    /// The newest absolute position at or before `head` whose ring offset is `offset`, if it
-    /// is less than a ring size behind.
-    fn position_of(&self, head: u64, offset: usize) -> Option<u64> {
-        let size = self.ring.size();
-        let back = (self.ring.offset(head) as u64 + size - offset as u64) % size;
-        head.checked_sub(back)
+        &page[i % PAGE_SLOTS..i % PAGE_SLOTS + WAYS]
     }
 }
 
@@ -290,9 +288,58 @@ fn key_hash(bytes: &[u8; KEY_LEN]) -> u64 {
     h ^ (h >> 32)
 }
 
+/// Which of the `count` (at most 64) positions from `start` are anchors, as bits; every
+/// position needs 8 bytes of `area` from it. Branch-free, so the hashes of neighbouring
+/// positions are computed side by side.
 #[inline]
-fn window(area: &[u8], i: usize) -> u64 {
-    u64::from_le_bytes(area[i..i + 8].try_into().expect("8 bytes"))
+fn anchor_mask(area: &[u8], start: usize, count: usize) -> u64 {
+    let anchor = |w: &[u8]| {
+        let window = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        u64::from(anchor_hash(window) >> (64 - SAMPLE_BITS) == 0)
+    };
+    let mut mask = 0;
+    if count == 64 {
+        let bytes: &[u8; 71] = area[start..start + 71].try_into().expect("71 bytes");
+        for k in 0..64 {
+            mask |= anchor(&bytes[k..k + 8]) << k;
+        }
+    } else {
+        for k in 0..count {
+            mask |= anchor(&area[start + k..start + k + 8]) << k;
+        }
+    }
+    mask
+}
+
+/// How far past where a reference's source ended the bytes after it are looked for (see
+/// [`Scan::near`]): a packet header and the padding to the next chunk.
+const NEAR: usize = 256;
+
+/// A match this long is taken without looking near the last source (see [`Scan::run`]).
+const NEAR_ENOUGH: usize = 1024;
+
+/// The longer of two matches `(start, len, ring position)`, the first on a tie.
+fn longer(
+    a: Option<(usize, usize, u64)>,
+    b: Option<(usize, usize, u64)>,
+) -> Option<(usize, usize, u64)> {
+    match (a, b) {
+        (Some(x), Some(y)) if y.1 > x.1 => Some(y),
+        (None, y) => y,
+        (x, _) => x,
+    }
+}
+
+/// Anchors looked up together (see [`Scan::run`]); room for one more window of 64 positions
+/// is needed before a window is searched.
+const BATCH: usize = 128;
+
+/// An anchor of the current batch: its area position, index key and loaded slot.
+#[derive(Clone, Copy, Default)]
+struct Anchor {
+    at: usize,
+    key: u64,
+    entries: [u64; WAYS],
 }
 
 /// One block's scan.
@@ -301,6 +348,9 @@ struct Scan<'a> {
     place: Place,
     /// Next free position when the scan started: candidates lie before it.
     head: u64,
+    /// Ring offsets of `head` and of the block's place (computed once: a division each).
+    head_offset: u64,
+    place_offset: usize,
     search: bool,
     lookups: u64,
     hits: u64,
@@ -314,56 +364,116 @@ impl Scan<'_> {
             return Encoded::Plain;
         }
         let last = area.len() - KEY_LEN;
+        // Bytes before `covered` are literals already written or inside a reference.
+        let mut covered = 0;
         let mut literal_start = 0;
-        let mut i = 0;
+        // Next position the anchor search looks at.
+        let mut next = 0;
         // Where the last reference's source continues, as the ring position of area index 0:
         // data sent again is mostly sent in the same order, so the bytes after a match are
         // first looked for right after its source (like an LZ "repeat offset"). Without it,
         // a range that occurs in many places (page boilerplate) is taken from the newest copy
         // and the match ends with it.
         let mut repeat: Option<i128> = None;
-        while i <= last {
-            if anchor_hash(window(area, i)) >> (64 - SAMPLE_BITS) != 0 {
-                i += 1;
-                continue;
-            }
-            let key = key_hash(area[i..i + KEY_LEN].try_into().expect("KEY_LEN bytes"));
-            let continued = repeat
-                .and_then(|base| u64::try_from(base + i as i128).ok())
-                .filter(|&cand| cand < self.head)
-                .and_then(|cand| self.verify(area, literal_start, i, cand));
-            let found = match continued {
-                Some(m) => {
-                    self.hits += 1;
-                    Some(m)
+        // The same for the longest reference of the block so far, and its length.
+        let mut long_repeat: Option<i128> = None;
+        let mut longest = 0;
+        // A reference was made and no anchor after it has looked near its source yet.
+        let mut near_pending = false;
+        let mut batch = [Anchor::default(); BATCH];
+        while next <= last {
+            // Anchors are found a batch at a time and their index slots loaded back to back:
+            // the slots are scattered over the index, and loads that do not wait for one
+            // another overlap their cache misses.
+            let mut n = 0;
+            while next <= last && n + 64 <= BATCH {
+                let count = (last + 1 - next).min(64);
+                let mut mask = anchor_mask(area, next, count);
+                while mask != 0 {
+                    batch[n].at = next + mask.trailing_zeros() as usize;
+                    n += 1;
+                    mask &= mask - 1;
                 }
-                None => self.lookup(area, literal_start, i, key),
-            };
-            if let Some((start, len, ref_pos)) = found {
+                next += count;
+            }
+            for anchor in &mut batch[..n] {
+                anchor.key = key_hash(
+                    area[anchor.at..anchor.at + KEY_LEN]
+                        .try_into()
+                        .expect("key"),
+                );
+            }
+            for anchor in &mut batch[..n] {
+                anchor.entries = match self.cache.bucket(anchor.key) {
+                    Some(b) if self.search => {
+                        [b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed)]
+                    }
+                    _ => [0; WAYS],
+                };
+            }
+            for anchor in &batch[..n] {
+                let i = anchor.at;
+                if i < covered {
+                    // Inside a reference: only refresh the index, so this newer copy takes
+                    // over once the older one ages out of the ring.
+                    self.insert(anchor.key, i);
+                    continue;
+                }
+                // Candidates: where the last reference's source continues, where the
+                // longest one's does (a short match on a common phrase elsewhere must not lose
+                // the stream being repeated), and the index; the longest match wins, and one
+                // that reaches the end of the area ends the search.
+                let to_end = area.len() - i;
+                let mut found = None;
+                for base in [repeat, long_repeat.filter(|&b| Some(b) != repeat)]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(cand) = u64::try_from(base + i as i128)
+                        .ok()
+                        .filter(|&c| c < self.head)
+                    {
+                        found = longer(found, self.verify(area, literal_start, i, cand));
+                    }
+                }
+                if found.is_none_or(|m| m.1 < to_end) {
+                    found = longer(found, self.lookup(area, literal_start, i, anchor));
+                }
+                // The first anchor after a reference ended, not far from it, with nothing long
+                // found: the bytes that follow are often just a little further on in the
+                // source (a packet header there, or here, broke the match).
+                if found.is_none_or(|m| m.1 < NEAR_ENOUGH)
+                    && std::mem::take(&mut near_pending)
+                    && let Some(base) = repeat
+                    && i - covered <= NEAR
+                {
+                    let source_end = base + covered as i128;
+                    found = longer(
+                        found,
+                        self.near(area, literal_start, i, source_end, i - covered + NEAR),
+                    );
+                }
+                self.insert(anchor.key, i);
+                let Some((start, len, ref_pos)) = found else {
+                    continue;
+                };
+                self.hits += 1;
                 repeat = Some(ref_pos as i128 - start as i128);
+                if len > longest {
+                    longest = len;
+                    long_repeat = repeat;
+                }
+                near_pending = true;
                 push_literal(out, &area[literal_start..start]);
                 push_reference(out, len, self.place.pos as i64 - ref_pos as i64);
                 self.refs += 1;
                 self.matched += len as u64;
-                // Refresh the index over the matched range too, so this newer copy takes over
-                // once the older one ages out of the ring.
-                let end = start + len;
-                let mut j = i + 1;
-                while j < end.min(last + 1) {
-                    if anchor_hash(window(area, j)) >> (64 - SAMPLE_BITS) == 0 {
-                        let key = key_hash(area[j..j + KEY_LEN].try_into().expect("KEY_LEN"));
-                        self.insert(key, j);
-                    }
-                    j += 1;
-                }
-                literal_start = end;
-                i = end;
+                covered = start + len;
+                literal_start = covered;
                 if out.len() >= area.len() {
                     return Encoded::Plain;
                 }
-                continue;
             }
-            i += 1;
         }
         if self.refs == 0 {
             return Encoded::Plain;
@@ -375,53 +485,95 @@ impl Scan<'_> {
         Encoded::Stream
     }
 
-    /// Looks `key` (the anchor at `i`) up and records this anchor in the index. Returns a
-    /// verified match `(start in area, len, ring position)` of at least `min_match` bytes that
-    /// starts at or after `floor`.
+    /// Looks the anchor at `i` up in the index (its bucket already loaded). Returns the
+    /// longest verified match `(start in area, len, ring position)` of at least `min_match`
+    /// bytes that starts at or after `floor`.
     fn lookup(
         &mut self,
         area: &[u8],
         floor: usize,
         i: usize,
-        key: u64,
+        anchor: &Anchor,
     ) -> Option<(usize, usize, u64)> {
-        let cache = self.cache;
-        let check = (key as u32) | 1;
-        let found = if self.search {
-            cache.slot(key).map(|s| s.load(Ordering::Relaxed))
-        } else {
-            None
-        };
-        let candidate = found
-            .filter(|e| (e >> 32) as u32 == check)
-            .and_then(|e| cache.position_of(self.head, e as u32 as usize));
+        let check = (anchor.key as u32) | 1;
         self.lookups += 1;
-        let result = candidate.and_then(|cand| self.verify(area, floor, i, cand));
-        if result.is_some() {
-            self.hits += 1;
+        let mut best: Option<(usize, usize, u64)> = None;
+        for (way, &entry) in anchor.entries.iter().enumerate() {
+            if (entry >> 32) as u32 != check || (way > 0 && entry == anchor.entries[0]) {
+                continue;
+            }
+            let Some(cand) = self.position_of(entry as u32 as usize) else {
+                continue;
+            };
+            if let Some(m) = self.verify(area, floor, i, cand)
+                && best.is_none_or(|b| m.1 > b.1)
+            {
+                best = Some(m);
+            }
         }
-        self.insert(key, i);
-        result
+        best
     }
 
-    /// Records the anchor at `i` under `key`, unless the slot already holds the same bytes at
-    /// a position less than half a ring old: the older copy is kept. It is acknowledged (or
-    /// soon will be) while this one is still in flight, and data that repeats within a round
-    /// trip would otherwise always point at a copy nobody may reference yet.
+    /// Records the anchor at `i` under `key` in both slots of its bucket. The second always
+    /// takes the newest copy: data sent again in the same order continues there. The first
+    /// keeps an older copy of the same bytes while it is less than half a ring old: it is
+    /// acknowledged (or soon will be) while the newest is still in flight, and data that
+    /// repeats within a round trip would otherwise always point at a copy nobody may
+    /// reference yet.
     fn insert(&self, key: u64, i: usize) {
         let cache = self.cache;
         let check = (key as u32) | 1;
-        let slot = cache.slot_or_claim(key);
-        let old = slot.load(Ordering::Relaxed);
+        let bucket = cache.bucket_or_claim(key);
+        let entry = (u64::from(check) << 32) | (self.place_offset + i) as u64;
+        bucket[1].store(entry, Ordering::Relaxed);
+        let old = bucket[0].load(Ordering::Relaxed);
         if (old >> 32) as u32 == check
-            && let Some(c) = cache.position_of(self.head, old as u32 as usize)
+            && let Some(c) = self.position_of(old as u32 as usize)
             && self.head - c < cache.ring.size() / 2
             && c < self.place.pos
         {
             return;
         }
-        let offset = cache.ring.offset(self.place.pos + i as u64) as u64;
-        slot.store((u64::from(check) << 32) | offset, Ordering::Relaxed);
+        bucket[0].store(entry, Ordering::Relaxed);
+    }
+
+    /// Looks for the eight bytes at `i` in the `span` bytes of the ring from `from` (where the
+    /// last reference's source ended) and returns the first verified match there.
+    fn near(
+        &self,
+        area: &[u8],
+        floor: usize,
+        i: usize,
+        from: i128,
+        span: usize,
+    ) -> Option<(usize, usize, u64)> {
+        let want = u64::from_le_bytes(area[i..i + 8].try_into().expect("8 bytes"));
+        let mut from = u64::try_from(from).ok()?;
+        let to = (from + span as u64).min(self.head.checked_sub(8)?);
+        while from <= to {
+            let pos = self
+                .cache
+                .ring
+                .find8(from, (to - from + 1) as usize, want)?;
+            if let Some(m) = self.verify(area, floor, i, pos) {
+                return Some(m);
+            }
+            from = pos + 1;
+        }
+        None
+    }
+
+    /// The newest absolute position before `head` whose ring offset is `offset`, if it is less
+    /// than a ring size behind.
+    fn position_of(&self, offset: usize) -> Option<u64> {
+        let size = self.cache.ring.size();
+        let offset = offset as u64;
+        let back = if offset <= self.head_offset {
+            self.head_offset - offset
+        } else {
+            self.head_offset + size - offset
+        };
+        self.head.checked_sub(back)
     }
 
     /// Compares the area around `i` with the ring around candidate position `cand`.

@@ -135,13 +135,26 @@ impl Ring {
             }
             fence(Ordering::Release);
             let src = data.get(done..).unwrap_or_default();
-            for (k, word) in seg.words[in_seg / 8..(in_seg + n) / 8].iter().enumerate() {
+            let src = &src[..src.len().min(n)];
+            let words = &seg.words[in_seg / 8..(in_seg + n) / 8];
+            let mut pieces = src.chunks_exact(8);
+            let mut k = 0;
+            for (word, piece) in words.iter().zip(&mut pieces) {
+                word.store(
+                    u64::from_le_bytes(piece.try_into().expect("8 bytes")),
+                    Ordering::Relaxed,
+                );
+                k += 1;
+            }
+            let rest = pieces.remainder();
+            if !rest.is_empty() {
                 let mut bytes = [0u8; 8];
-                if let Some(piece) = src.get(k * 8..) {
-                    let m = piece.len().min(8);
-                    bytes[..m].copy_from_slice(&piece[..m]);
-                }
-                word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+                bytes[..rest.len()].copy_from_slice(rest);
+                words[k].store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+                k += 1;
+            }
+            for word in &words[k..] {
+                word.store(0, Ordering::Relaxed);
             }
             if tag_after != 0 {
                 for c in chunks {
@@ -272,6 +285,30 @@ impl Ring {
         n
     }
 
+    /// The first of the `count` positions from `from` where the eight bytes are `want` as they
+    /// are now (tags not checked: a hint for [`Ring::match_forward`]). Positions whose eight
+    /// bytes would cross a segment or the end of the pass, or lie in unclaimed memory, are
+    /// skipped.
+    pub fn find8(&self, from: u64, count: usize, want: u64) -> Option<u64> {
+        let start = self.offset(from);
+        let end = (start + count).min(self.size as usize);
+        let mut at = start;
+        while at < end {
+            let in_seg = at % SEGMENT;
+            let seg_end = (at - in_seg + SEGMENT).min(end);
+            if let Some(seg) = self.segment(at) {
+                let last = (seg_end - at).min((SEGMENT - 7).saturating_sub(in_seg));
+                for k in 0..last {
+                    if seg.load8(in_seg + k) == want {
+                        return Some(from + (at + k - start) as u64);
+                    }
+                }
+            }
+            at = seg_end;
+        }
+        None
+    }
+
     /// Second half of the seqlock check for a range found by the `match_*` functions: true if
     /// its chunks still carry `tag`, so the bytes compared were the tagged ones.
     pub fn still_tagged(&self, pos: u64, len: usize, tag: u64) -> bool {
@@ -287,10 +324,13 @@ fn copy_from_segment(seg: &Segment, at: usize, out: &mut [u8]) {
         out[i] = seg.byte(at + i);
         i += 1;
     }
-    while i + 8 <= out.len() {
-        out[i..i + 8].copy_from_slice(&seg.word((at + i) / 8).to_le_bytes());
-        i += 8;
+    let words = &seg.words[(at + i) / 8..];
+    let mut copied = 0;
+    for (piece, word) in out[i..].chunks_exact_mut(8).zip(words) {
+        piece.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        copied += 8;
     }
+    i += copied;
     while i < out.len() {
         out[i] = seg.byte(at + i);
         i += 1;
@@ -366,6 +406,38 @@ mod tests {
         );
         assert!(!ring.still_tagged(0, 2048, tag(5, 0)));
         assert!(ring.still_tagged(0, 1024, tag(5, 0)));
+    }
+
+    #[test]
+    fn find8_finds_the_first_copy_and_never_reads_past_a_segment() {
+        let ring = Ring::new(2 * SEGMENT);
+        // Bytes that do not repeat (`bytes` has a period of 256).
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let pos = SEGMENT as u64 - 2048;
+        ring.store(pos, &data, tag(0, 0));
+        let want = u64::from_le_bytes(data[1000..1008].try_into().unwrap());
+        assert_eq!(ring.find8(pos, 4096, want), Some(pos + 1000));
+        assert_eq!(ring.find8(pos + 1001, 100, want), None);
+        // The eight bytes straddling the segment boundary are skipped, the ones after found.
+        let straddle = u64::from_le_bytes(data[2044..2052].try_into().unwrap());
+        assert_eq!(ring.find8(pos + 2040, 20, straddle), None);
+        let after = u64::from_le_bytes(data[2050..2058].try_into().unwrap());
+        assert_eq!(ring.find8(pos + 2040, 20, after), Some(pos + 2050));
+        // Every start near the end of a segment or of the ring, any count: no panic.
+        for start in SEGMENT as u64 - 16..SEGMENT as u64 + 16 {
+            for count in 0..40 {
+                let _ = ring.find8(start, count, want);
+                let _ = ring.find8(ring.size() - 20 + start % 20, count, want);
+            }
+        }
     }
 
     #[test]
