@@ -473,7 +473,7 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
     // The issue asks for at most 10% of the first fetch. Measured here: 17-18% — the
     // first fetch itself is deduplicated (the docs repeat themselves: 76% of its bytes were
     // references), so it costs only 0.06 of its payload, and the repeat still pays a
-    // reference per ~2.7 KB. Against the payload, the repeat costs about 1.1%. The bounds
+    // reference per ~2.8 KB. Against the payload, the repeat costs about 1.1%. The bounds
     // below are what the code does with margin, not the issue's target (see the issue note).
     assert!(
         second * 100 <= first * 30,

@@ -942,6 +942,45 @@ fn dedupe_is_exact_and_saves_under_loss() {
     }
 }
 
+/// Blocks of pure TCP acks take no place in the dedupe ring (they would only fill it); a
+/// block that carries data does.
+#[test]
+fn ack_only_blocks_stay_out_of_the_dedupe_ring() {
+    let mut sim = Sim::new(
+        41,
+        EncoderConfig::default(),
+        DecoderConfig::default(),
+        Impairments::default(),
+        vec![1400],
+    );
+    let (enc, _dec) = sim.with_dedupe(2 << 20);
+    let ack =
+        |n: u16| testing::ipv4_packet([10, 1, 0, 2], [10, 2, 0, 2], packet::PROTO_TCP, n, 80, &[]);
+    let mut buf = vec![0u8; 1400];
+    let now = Timestamp::from_millis(1);
+    for n in 0..40 {
+        sim.encoder.handle_packet(now, &ack(1000 + n)).unwrap();
+    }
+    while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
+    assert_eq!(enc.stats().blocks, 0, "40 acks in a batch: nothing placed");
+
+    let data = testing::ipv4_packet(
+        [10, 1, 0, 2],
+        [10, 2, 0, 2],
+        packet::PROTO_TCP,
+        7,
+        80,
+        &[b'x'; 300],
+    );
+    sim.encoder.handle_packet(now, &data).unwrap();
+    while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
+    assert_eq!(
+        enc.stats().blocks,
+        1,
+        "a packet with 300 payload bytes is placed"
+    );
+}
+
 /// A hostile link (corruption too) with dedupe on: nothing wrong is ever delivered.
 #[test]
 fn dedupe_over_a_hostile_link_never_delivers_a_wrong_byte() {

@@ -253,16 +253,21 @@ impl EncoderCache {
         result
     }
 
+    /// Index of the first slot of `key`'s bucket.
+    fn bucket_at(&self, key: u64) -> usize {
+        (key >> (65 - self.index_bits)) as usize * WAYS
+    }
+
     /// The two slots of `key`'s bucket (see [`Scan::insert`]), if its page is claimed.
     fn bucket(&self, key: u64) -> Option<&[AtomicU64]> {
-        let i = (key >> (65 - self.index_bits)) as usize * WAYS;
+        let i = self.bucket_at(key);
         self.index[i / PAGE_SLOTS]
             .get()
             .map(|page| &page[i % PAGE_SLOTS..i % PAGE_SLOTS + WAYS])
     }
 
     fn bucket_or_claim(&self, key: u64) -> &[AtomicU64] {
-        let i = (key >> (65 - self.index_bits)) as usize * WAYS;
+        let i = self.bucket_at(key);
         let page = self.index[i / PAGE_SLOTS]
             .get_or_init(|| (0..PAGE_SLOTS).map(|_| AtomicU64::new(0)).collect());
         &page[i % PAGE_SLOTS..i % PAGE_SLOTS + WAYS]
@@ -497,18 +502,13 @@ impl Scan<'_> {
     ) -> Option<(usize, usize, u64)> {
         let check = (anchor.key as u32) | 1;
         self.lookups += 1;
-        let mut best: Option<(usize, usize, u64)> = None;
+        let mut best = None;
         for (way, &entry) in anchor.entries.iter().enumerate() {
             if (entry >> 32) as u32 != check || (way > 0 && entry == anchor.entries[0]) {
                 continue;
             }
-            let Some(cand) = self.position_of(entry as u32 as usize) else {
-                continue;
-            };
-            if let Some(m) = self.verify(area, floor, i, cand)
-                && best.is_none_or(|b| m.1 > b.1)
-            {
-                best = Some(m);
+            if let Some(cand) = self.position_of(entry as u32 as usize) {
+                best = longer(best, self.verify(area, floor, i, cand));
             }
         }
         best

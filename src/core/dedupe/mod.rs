@@ -62,7 +62,8 @@ pub const KEY_LEN: usize = 32;
 /// Default shortest reference, in bytes (see `benches/dedupe.rs` for how it was chosen).
 pub const DEFAULT_MIN_MATCH: usize = 128;
 
-/// Areas shorter than this are not placed (pure TCP acks and the like: nothing to gain).
+/// Areas shorter than this are not placed; the encoder also leaves out blocks with fewer
+/// payload bytes than this past their packets' headers (pure TCP acks: nothing to gain).
 pub const MIN_AREA: usize = 128;
 
 /// Default cache (ring) size per peer and direction.
