@@ -51,17 +51,22 @@ fn check_message(msg: &[u8]) {
     assert!((1..=MAX_AREA_LEN).contains(&header.area_len));
     // `header.len()` is the minimal encoding; a peer may spend more bytes on a varint.
     assert!(header.len() + body.len() <= block.len());
+    // With references the (decompressed) body is the dedupe stream, `stream_len` bytes long,
+    // and only the dedupe decoder can turn it into an area; without, it is the area itself.
+    let is_area = header.stream_len.is_none();
     if header.codec == Codec::Raw {
-        assert_eq!(body.len(), header.area_len);
-        walk_area(body);
+        assert_eq!(body.len(), header.body_len());
+        if is_area {
+            walk_area(body);
+        }
         return;
     }
     // The compressed body is an area too as far as the walker is concerned: any bytes will do.
     walk_area(body);
     DECOMPRESSOR.with_borrow_mut(|decompressor| {
         AREA.with_borrow_mut(|area| {
-            let area = &mut area[..header.area_len];
-            if decompressor.decompress(header.codec, body, area).is_ok() {
+            let area = &mut area[..header.body_len()];
+            if decompressor.decompress(header.codec, body, area).is_ok() && is_area {
                 walk_area(area);
             }
         });
