@@ -356,6 +356,72 @@ impl Topology {
         let _ = self.try_exec(&self.gw_b, &["ip", "-6", "route", "del", "fd01::/64"]);
     }
 
+    /// Routes IPv4 between the LANs directly, as [`Topology::route_direct`], but makes gateway
+    /// A pass every packet of both directions through the TUN device `dev` once (where
+    /// `sluice-impair --tun` impairs it and writes it back): policy routing by input device,
+    /// as the module doc of `sluice::impair::tun_relay` describes. IPv6 is left unrouted.
+    pub fn route_direct_through(&self, dev: &str) {
+        let a = |args: &[&str]| {
+            self.exec(&self.gw_a, args);
+        };
+        a(&["ip", "link", "set", dev, "up"]);
+        // Packets the relay writes back come in on `dev` with sources whose route points
+        // elsewhere: strict reverse-path filtering would drop them.
+        a(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        a(&["sysctl", "-qw", &format!("net.ipv4.conf.{dev}.rp_filter=0")]);
+        a(&["ip", "route", "replace", "10.2.0.0/24", "dev", dev]);
+        a(&[
+            "ip",
+            "rule",
+            "add",
+            "iif",
+            addr::WAN_IF,
+            "lookup",
+            "101",
+            "pref",
+            "100",
+        ]);
+        a(&[
+            "ip",
+            "route",
+            "replace",
+            "10.1.0.0/24",
+            "dev",
+            dev,
+            "table",
+            "101",
+        ]);
+        a(&[
+            "ip", "rule", "add", "iif", dev, "lookup", "100", "pref", "101",
+        ]);
+        a(&[
+            "ip",
+            "route",
+            "replace",
+            "10.2.0.0/24",
+            "via",
+            addr::WAN_B,
+            "dev",
+            addr::WAN_IF,
+            "table",
+            "100",
+        ]);
+        a(&[
+            "ip",
+            "route",
+            "replace",
+            "10.1.0.0/24",
+            "dev",
+            "lan0",
+            "table",
+            "100",
+        ]);
+        self.exec(
+            &self.gw_b,
+            &["ip", "route", "replace", "10.1.0.0/24", "via", addr::WAN_A],
+        );
+    }
+
     /// Bytes the WAN veth of gateway A has sent and received so far.
     pub fn wan_bytes(&self) -> u64 {
         let read = |what: &str| -> u64 {

@@ -883,3 +883,96 @@ fn soak_mixed_traffic_memory_stays_flat() {
         .unwrap_or(600);
     soak("soak", secs);
 }
+
+/// Round-trip times (ms) of the replies in ping's output.
+fn ping_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// `sluice-impair --tun` on a direct path, the baseline `netns-tests/bench --reliability`
+/// measures beside the tunnels: routed packets of both directions cross it once each, it
+/// delays them as told, and a cut drops them.
+#[test]
+fn impair_tun_mode_delays_and_drops_routed_packets() {
+    if !require_root("impair_tun_mode_delays_and_drops_routed_packets") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("imptun");
+    let mut relay = topo.spawn(
+        &topo.gw_a,
+        &[
+            env!("CARGO_BIN_EXE_sluice-impair"),
+            "--tun",
+            "imp0",
+            "--up-to",
+            "10.2.0.0/24",
+            "--seed",
+            "1",
+            "--delay",
+            "up:40",
+            "--delay",
+            "down:15",
+        ],
+        "relay.log",
+    );
+    let ready = topo.wait_for(Duration::from_secs(10), || {
+        topo.log("relay.log")
+            .contains("impairing packets routed into imp0")
+    });
+    assert!(
+        ready.is_some(),
+        "relay did not start: {}",
+        topo.log("relay.log")
+    );
+    topo.route_direct_through("imp0");
+
+    let out = topo.exec(
+        &topo.lan_a,
+        &["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", addr::LAN_B],
+    );
+    let times = ping_times(&out);
+    assert_eq!(
+        times.len(),
+        5,
+        "every ping answered through the relay:\n{out}"
+    );
+    // The relay cannot deliver early: each round trip holds both delays (40 + 15 ms).
+    assert!(
+        times.iter().all(|&t| t >= 55.0),
+        "round trips shorter than the relay's delays: {times:?}"
+    );
+
+    // A cut (SIGUSR1) drops everything, both ways; restoring it lets pings through again.
+    relay.signal("USR1");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !topo.ping_ok(&topo.lan_a, addr::LAN_B),
+        "a ping crossed a cut link"
+    );
+    relay.signal("USR1");
+    assert!(
+        topo.wait_for(Duration::from_secs(5), || topo
+            .ping_ok(&topo.lan_a, addr::LAN_B))
+            .is_some(),
+        "no ping after the link was restored"
+    );
+
+    let counters = sites::stop_relay(&topo, &mut relay);
+    for dir in ["up", "down"] {
+        let forwarded = counters[dir]["forwarded"].as_u64().unwrap_or(0);
+        assert!(
+            forwarded >= 6,
+            "{dir}: only {forwarded} packets forwarded: {counters}"
+        );
+        assert_eq!(counters[dir]["send_errors"], 0, "{dir}: {counters}");
+    }
+    assert!(
+        relay_count(&counters, "dropped_cut") >= 1,
+        "the cut dropped nothing: {counters}"
+    );
+    assert_eq!(counters["not_ip"], 0, "{counters}");
+}

@@ -10,6 +10,9 @@
 //! - [`Relay`] drives it over tokio UDP sockets: it listens on one address and forwards to one
 //!   upstream address. Datagrams from clients go up; replies from upstream go down to the
 //!   client they answer.
+//! - [`tun_relay::TunRelay`] drives it over a TUN device instead (`--tun`): IP packets routed
+//!   into the device are impaired and written back, so direct routing, which has no UDP to
+//!   relay, can cross the same impairment as a tunnel.
 //!
 //! # One upstream socket per client
 //!
@@ -50,6 +53,7 @@
 //! prints [`RelayStats`] as one line of JSON.
 
 pub mod model;
+pub mod tun_relay;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -161,6 +165,8 @@ pub struct RelayStats {
     pub clients: u64,
     /// Datagrams dropped because they came from a client beyond [`MAX_CLIENTS`].
     pub refused_clients: u64,
+    /// TUN mode: packets read from the device that were neither IPv4 nor IPv6 (dropped).
+    pub not_ip: u64,
 }
 
 impl RelayStats {
@@ -259,20 +265,16 @@ impl Relay {
     /// [`RelayError::Upstream`] when an upstream socket for a new client cannot be opened:
     /// the relay cannot do its job then, so it stops rather than silently dropping a client.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RelayStats, RelayError> {
-        let start = Instant::now();
         let mut state = RelayState {
-            model: Impairment::new(&self.config.impairment, self.config.seed, start.into_std()),
-            stats: RelayStats::default(),
+            link: Link::new(&self.config.impairment, self.config.seed, Instant::now()),
             clients: HashMap::new(),
-            pending: BinaryHeap::new(),
-            sequence: 0,
         };
         let (to_relay, mut from_upstream) = mpsc::channel::<FromUpstream>(UPSTREAM_CHANNEL);
         // Dropped on return, which aborts the readers.
         let mut readers = JoinSet::new();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let next_departure = state.pending.peek().map(|Reverse(p)| p.at);
+            let next_departure = state.link.next_departure();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -287,26 +289,21 @@ impl Relay {
                         else {
                             continue;
                         };
-                        state.model.set_cut(self.cut.is_cut());
-                        state.admit(Direction::Up, client, buf[..len].to_vec(), Some(socket));
+                        let target = UdpTarget { upstream: Some(socket), client };
+                        state.link.admit(self.cut.is_cut(), Direction::Up, buf[..len].to_vec(), target);
                     }
-                    Err(_) => state.stats.up.receive_errors += 1,
+                    Err(_) => state.link.stats.up.receive_errors += 1,
                 },
                 Some(message) = from_upstream.recv() => match message {
                     FromUpstream::Datagram { client, bytes } => {
-                        state.model.set_cut(self.cut.is_cut());
-                        state.admit(Direction::Down, client, bytes, None);
+                        let target = UdpTarget { upstream: None, client };
+                        state.link.admit(self.cut.is_cut(), Direction::Down, bytes, target);
                     }
-                    FromUpstream::Error => state.stats.down.receive_errors += 1,
+                    FromUpstream::Error => state.link.stats.down.receive_errors += 1,
                 },
             }
         }
-        for Reverse(p) in state.pending.drain() {
-            state.stats.direction_mut(p.direction).unsent_at_shutdown += 1;
-        }
-        state.stats.up.model = state.model.stats(Direction::Up);
-        state.stats.down.model = state.model.stats(Direction::Down);
-        Ok(state.stats)
+        Ok(state.link.finish())
     }
 }
 
@@ -331,99 +328,73 @@ enum FromUpstream {
     Error,
 }
 
-/// A copy waiting in the delay line.
+/// A copy waiting in the delay line; `T` says where it goes.
 #[derive(Debug)]
-struct Pending {
+struct Pending<T> {
     /// When it leaves.
     at: Instant,
     /// Arrival order, so copies due at the same instant leave in the order they came.
     sequence: u64,
     /// Which way it goes.
     direction: Direction,
-    /// Up: the client's upstream socket. Down: `None` (sent from the listener).
-    upstream: Option<Arc<UdpSocket>>,
-    /// Down: where it goes. Up: where it came from.
-    client: SocketAddr,
+    /// Where it goes.
+    target: T,
     /// The datagram; shared between a datagram and its duplicate.
     bytes: Bytes,
 }
 
-impl PartialEq for Pending {
+impl<T> PartialEq for Pending<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.sequence) == (other.at, other.sequence)
     }
 }
-impl Eq for Pending {}
-impl PartialOrd for Pending {
+impl<T> Eq for Pending<T> {}
+impl<T> PartialOrd for Pending<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Pending {
+impl<T> Ord for Pending<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.at, self.sequence).cmp(&(other.at, other.sequence))
     }
 }
 
-/// The relay loop's state, apart from its sockets.
-struct RelayState {
+/// The model and the copies it let through, waiting for their departure: the part of a relay
+/// that does not depend on how datagrams arrive and leave (UDP sockets here, a TUN device in
+/// [`tun_relay`]). `T` says where a copy goes.
+struct Link<T> {
     /// Decides each datagram's fate.
     model: Impairment,
-    /// The IO layer's counters (the model's are copied in at the end).
+    /// The IO layer's counters (the model's are copied in by [`Link::finish`]).
     stats: RelayStats,
-    /// Each client's upstream socket.
-    clients: HashMap<SocketAddr, Arc<UdpSocket>>,
     /// The delay line, earliest departure first.
-    pending: BinaryHeap<Reverse<Pending>>,
+    pending: BinaryHeap<Reverse<Pending<T>>>,
     /// The next [`Pending::sequence`].
     sequence: u64,
 }
 
-impl RelayState {
-    /// The upstream socket of `client`, opened (with its reader task) on first use; `None`
-    /// (counted) when the client table is full.
-    async fn upstream_socket(
-        &mut self,
-        client: SocketAddr,
-        config: &RelayConfig,
-        readers: &mut JoinSet<()>,
-        to_relay: &mpsc::Sender<FromUpstream>,
-    ) -> Result<Option<Arc<UdpSocket>>, RelayError> {
-        if let Some(socket) = self.clients.get(&client) {
-            return Ok(Some(socket.clone()));
+impl<T: Clone> Link<T> {
+    /// A link impaired as `settings` says, its randomness from `seed`, started at `start`.
+    fn new(settings: &Settings, seed: u64, start: Instant) -> Self {
+        Self {
+            model: Impairment::new(settings, seed, start.into_std()),
+            stats: RelayStats::default(),
+            pending: BinaryHeap::new(),
+            sequence: 0,
         }
-        if self.clients.len() >= MAX_CLIENTS {
-            self.stats.refused_clients += 1;
-            return Ok(None);
-        }
-        let upstream = config.upstream;
-        let error = |source| RelayError::Upstream {
-            upstream,
-            client,
-            source,
-        };
-        let any: IpAddr = match upstream {
-            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-        };
-        let socket = bind_udp(SocketAddr::new(any, 0)).map_err(error)?;
-        socket.connect(upstream).await.map_err(error)?;
-        let socket = Arc::new(socket);
-        self.clients.insert(client, socket.clone());
-        self.stats.clients += 1;
-        readers.spawn(read_upstream(socket.clone(), client, to_relay.clone()));
-        Ok(Some(socket))
     }
 
-    /// Runs one datagram through the model and puts its copies in the delay line.
-    fn admit(
-        &mut self,
-        direction: Direction,
-        client: SocketAddr,
-        mut payload: Vec<u8>,
-        upstream: Option<Arc<UdpSocket>>,
-    ) {
+    /// When the earliest waiting copy leaves.
+    fn next_departure(&self) -> Option<Instant> {
+        self.pending.peek().map(|Reverse(p)| p.at)
+    }
+
+    /// Runs one datagram through the model (`cut`: whether the manual cut is on) and puts its
+    /// copies in the delay line.
+    fn admit(&mut self, cut: bool, direction: Direction, mut payload: Vec<u8>, target: T) {
         let now = Instant::now();
+        self.model.set_cut(cut);
         let Verdict::Send(departures) =
             self.model
                 .handle_datagram(now.into_std(), direction, &mut payload)
@@ -442,32 +413,105 @@ impl RelayState {
                 at: Instant::from_std(at),
                 sequence: self.sequence,
                 direction,
-                upstream: upstream.clone(),
-                client,
+                target: target.clone(),
                 bytes: bytes.clone(),
             }));
         }
+    }
+
+    /// The next copy whose time has come at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<Pending<T>> {
+        if self.pending.peek().is_none_or(|Reverse(p)| p.at > now) {
+            return None;
+        }
+        self.pending.pop().map(|Reverse(p)| p)
+    }
+
+    /// Counts the outcome of sending a copy.
+    fn sent<E>(&mut self, direction: Direction, result: Result<(), E>) {
+        let stats = self.stats.direction_mut(direction);
+        match result {
+            Ok(()) => stats.forwarded += 1,
+            Err(_) => stats.send_errors += 1,
+        }
+    }
+
+    /// The counters, with copies still waiting counted as unsent.
+    fn finish(mut self) -> RelayStats {
+        for Reverse(p) in self.pending.drain() {
+            self.stats.direction_mut(p.direction).unsent_at_shutdown += 1;
+        }
+        self.stats.up.model = self.model.stats(Direction::Up);
+        self.stats.down.model = self.model.stats(Direction::Down);
+        self.stats
+    }
+}
+
+/// Where a UDP relay sends a copy.
+#[derive(Debug, Clone)]
+struct UdpTarget {
+    /// Up: the client's upstream socket. Down: `None` (sent from the listener).
+    upstream: Option<Arc<UdpSocket>>,
+    /// Down: where it goes. Up: where it came from.
+    client: SocketAddr,
+}
+
+/// The UDP relay loop's state, apart from its listening socket.
+struct RelayState {
+    /// The impaired link.
+    link: Link<UdpTarget>,
+    /// Each client's upstream socket.
+    clients: HashMap<SocketAddr, Arc<UdpSocket>>,
+}
+
+impl RelayState {
+    /// The upstream socket of `client`, opened (with its reader task) on first use; `None`
+    /// (counted) when the client table is full.
+    async fn upstream_socket(
+        &mut self,
+        client: SocketAddr,
+        config: &RelayConfig,
+        readers: &mut JoinSet<()>,
+        to_relay: &mpsc::Sender<FromUpstream>,
+    ) -> Result<Option<Arc<UdpSocket>>, RelayError> {
+        if let Some(socket) = self.clients.get(&client) {
+            return Ok(Some(socket.clone()));
+        }
+        if self.clients.len() >= MAX_CLIENTS {
+            self.link.stats.refused_clients += 1;
+            return Ok(None);
+        }
+        let upstream = config.upstream;
+        let error = |source| RelayError::Upstream {
+            upstream,
+            client,
+            source,
+        };
+        let any: IpAddr = match upstream {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = bind_udp(SocketAddr::new(any, 0)).map_err(error)?;
+        socket.connect(upstream).await.map_err(error)?;
+        let socket = Arc::new(socket);
+        self.clients.insert(client, socket.clone());
+        self.link.stats.clients += 1;
+        readers.spawn(read_upstream(socket.clone(), client, to_relay.clone()));
+        Ok(Some(socket))
     }
 
     /// Sends up to [`SEND_BATCH`] copies whose time has come.
     async fn send_due(&mut self, listener: &UdpSocket) {
         let now = Instant::now();
         for _ in 0..SEND_BATCH {
-            if self.pending.peek().is_none_or(|Reverse(p)| p.at > now) {
-                return;
-            }
-            let Some(Reverse(p)) = self.pending.pop() else {
+            let Some(p) = self.link.pop_due(now) else {
                 return;
             };
-            let sent = match &p.upstream {
+            let sent = match &p.target.upstream {
                 Some(socket) => socket.send(&p.bytes).await,
-                None => listener.send_to(&p.bytes, p.client).await,
+                None => listener.send_to(&p.bytes, p.target.client).await,
             };
-            let stats = self.stats.direction_mut(p.direction);
-            match sent {
-                Ok(_) => stats.forwarded += 1,
-                Err(_) => stats.send_errors += 1,
-            }
+            self.link.sent(p.direction, sent.map(drop));
         }
     }
 }

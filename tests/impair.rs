@@ -451,6 +451,67 @@ fn the_binary_refuses_bad_options() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // The two modes: UDP needs both addresses, TUN needs --up-to and takes no address.
+    for (args, says) in [
+        (&["--seed", "1"][..], "--listen"),
+        (&["--seed", "1", "--listen", "127.0.0.1:0"], "--upstream"),
+        (&["--seed", "1", "--tun", "imp9"], "--up-to"),
+        (
+            &[
+                "--seed",
+                "1",
+                "--tun",
+                "imp9",
+                "--up-to",
+                "10.2.0.0/24",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["--seed", "1", "--tun", "imp9", "--up-to", "10.2.0.0/33"],
+            "--up-to",
+        ),
+        (
+            &[
+                "--seed",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:9",
+                "--up-to",
+                "10.2.0.0/24",
+            ],
+            "--tun",
+        ),
+    ] {
+        // A wrongly accepted command line would relay forever: give it 10 s.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-impair"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("{args:?} was accepted (the relay kept running)");
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(says),
+            "{args:?}: expected {says:?} in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 /// Not a check: prints how many datagrams per second the binary forwards on loopback when

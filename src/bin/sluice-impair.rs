@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use ipnet::IpNet;
 use sluice::impair::model::{
     Corrupt, CutWindow, GilbertElliott, Jitter, LaneSettings, Probability, RateLimit, Reorder,
     Settings, parse_millis,
 };
+use sluice::impair::tun_relay::{TunRelay, TunRelayConfig};
 use sluice::impair::{Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -22,33 +24,59 @@ const DEFAULT_QUEUE_BYTES: u64 = 150_000;
 
 const AFTER_HELP: &str = "\
 DIRECTIONS
-  Up is client -> upstream, down is upstream -> client. Every impairment option applies to
-  both directions; prefix its value with `up:` or `down:` to set one direction only. Options
-  may repeat and apply in order, so `--loss 0.01 --loss down:0.05` loses 1% up and 5% down.
+  Up is client -> upstream, down is upstream -> client (TUN mode: up is towards an --up-to
+  network, down is everything else). Every impairment option applies to both directions;
+  prefix its value with `up:` or `down:` to set one direction only. Options may repeat and
+  apply in order, so `--loss 0.01 --loss down:0.05` loses 1% up and 5% down.
 
 SIGNALS AND OUTPUT
-  Once listening, one line `sluice-impair: listening on ADDR` goes to stderr.
+  Once listening, one line `sluice-impair: listening on ADDR` goes to stderr (TUN mode:
+  `sluice-impair: impairing packets routed into NAME`, once the device exists).
   SIGUSR1 toggles a cut of both directions (everything dropped while cut).
   SIGTERM or SIGINT: prints the counters as one line of JSON on stdout and exits 0:
   {\"up\":{\"received\":..,\"dropped_cut\":..,\"dropped_burst\":..,\"dropped_loss\":..,
   \"dropped_queue\":..,\"duplicated\":..,\"corrupted\":..,\"reordered\":..,\"forwarded\":..,
   \"send_errors\":..,\"receive_errors\":..,\"dropped_overflow\":..,\"unsent_at_shutdown\":..},
-  \"down\":{..},\"clients\":..,\"refused_clients\":..}
+  \"down\":{..},\"clients\":..,\"refused_clients\":..,\"not_ip\":..}
 
   Same seed, same options, same arrival sequence: same decisions.";
 
 /// Relays UDP from --listen to --upstream and back, impairing it like a WAN link: loss
 /// (random and bursty), delay and jitter, reordering, duplication, corruption, a rate limit
 /// and link cuts, all decided by a seeded generator. One upstream socket per client address.
+///
+/// With --tun instead: creates a TUN device, impairs every IP packet routed into it and
+/// writes it back into the device (packets to --up-to networks go up, others down), so a
+/// routed path without a tunnel can cross the same impairment; see `sluice::impair::tun_relay`
+/// for the routes that place it.
 #[derive(Parser, Debug)]
 #[command(version, after_help = AFTER_HELP)]
 struct Cli {
     /// Address clients send to.
-    #[arg(long, value_name = "ADDR")]
-    listen: SocketAddr,
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "tun",
+        conflicts_with = "tun"
+    )]
+    listen: Option<SocketAddr>,
     /// Address datagrams from clients are forwarded to.
-    #[arg(long, value_name = "ADDR")]
-    upstream: SocketAddr,
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "tun",
+        conflicts_with = "tun"
+    )]
+    upstream: Option<SocketAddr>,
+    /// TUN mode: the device to create (needs CAP_NET_ADMIN; bring it up and route into it).
+    #[arg(long, value_name = "NAME", requires = "up_to")]
+    tun: Option<String>,
+    /// TUN mode: packets to this network go up, all others down (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    up_to: Vec<IpNet>,
+    /// TUN mode: the device's MTU.
+    #[arg(long, value_name = "BYTES", default_value_t = 1500, requires = "tun")]
+    mtu: u16,
     /// Seed of every random decision.
     #[arg(long, value_name = "N")]
     seed: u64,
@@ -182,9 +210,41 @@ fn apply<T: Copy>(
     }
 }
 
+/// What to run: a UDP relay or a TUN-mode relay.
+enum Mode {
+    Udp(RelayConfig),
+    Tun(TunRelayConfig),
+}
+
 impl Cli {
     /// The relay's configuration, or why the options do not make one.
-    fn config(&self) -> anyhow::Result<RelayConfig> {
+    fn mode(&self) -> anyhow::Result<Mode> {
+        let impairment = self.settings()?;
+        if let Some(device) = &self.tun {
+            return Ok(Mode::Tun(TunRelayConfig {
+                device: device.clone(),
+                mtu: self.mtu,
+                up_to: self.up_to.clone(),
+                seed: self.seed,
+                impairment,
+            }));
+        }
+        if !self.up_to.is_empty() {
+            bail!("--up-to only applies with --tun");
+        }
+        let (Some(listen), Some(upstream)) = (self.listen, self.upstream) else {
+            bail!("give --listen and --upstream (UDP relay), or --tun and --up-to (TUN mode)");
+        };
+        Ok(Mode::Udp(RelayConfig {
+            listen,
+            upstream,
+            seed: self.seed,
+            impairment,
+        }))
+    }
+
+    /// The impairment both modes apply.
+    fn settings(&self) -> anyhow::Result<Settings> {
         let mut lanes = [LaneSettings::default(), LaneSettings::default()];
         for (settings, scope) in lanes.iter_mut().zip([Scope::Up, Scope::Down]) {
             apply(&self.loss, scope, settings, |s, v| s.loss = v);
@@ -222,12 +282,7 @@ impl Cli {
             }),
             _ => None,
         };
-        Ok(RelayConfig {
-            listen: self.listen,
-            upstream: self.upstream,
-            seed: self.seed,
-            impairment: Settings { up, down, cut },
-        })
+        Ok(Settings { up, down, cut })
     }
 }
 
@@ -242,6 +297,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// A relay of either mode, opened.
+enum Either {
+    Udp(Relay),
+    Tun(TunRelay),
+}
+
 /// Runs the relay until SIGTERM or SIGINT, then prints its counters.
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -251,7 +312,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = cli.config()?;
+    let mode = cli.mode()?;
     // One thread: the relay is one loop; its upstream readers are light.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -265,8 +326,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut usr1 =
             signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-        let relay = Relay::bind(config).await?;
-        let cut = relay.cut_switch();
+        let relay = match mode {
+            Mode::Udp(config) => Either::Udp(Relay::bind(config).await?),
+            Mode::Tun(config) => Either::Tun(TunRelay::open(config)?),
+        };
+        let cut = match &relay {
+            Either::Udp(relay) => relay.cut_switch(),
+            Either::Tun(relay) => relay.cut_switch(),
+        };
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
@@ -282,8 +349,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             stop.cancel();
         });
-        eprintln!("sluice-impair: listening on {}", relay.local_addr());
-        anyhow::Ok(relay.run(shutdown).await?)
+        match relay {
+            Either::Udp(relay) => {
+                eprintln!("sluice-impair: listening on {}", relay.local_addr());
+                anyhow::Ok(relay.run(shutdown).await?)
+            }
+            Either::Tun(relay) => {
+                eprintln!("sluice-impair: impairing packets routed into {}", relay.name());
+                anyhow::Ok(relay.run(shutdown).await)
+            }
+        }
     })?;
     println!(
         "{}",
