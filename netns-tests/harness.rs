@@ -364,7 +364,9 @@ impl Topology {
         let a = |args: &[&str]| {
             self.exec(&self.gw_a, args);
         };
-        a(&["ip", "link", "set", dev, "up"]);
+        // A TUN device queues 500 packets for its reader by default; a TCP burst overflows
+        // that before the relay sees it (an impairment nobody asked for).
+        a(&["ip", "link", "set", dev, "up", "txqueuelen", "10000"]);
         // Packets the relay writes back come in on `dev` with sources whose route points
         // elsewhere: strict reverse-path filtering would drop them.
         a(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);

@@ -13,6 +13,7 @@
 //! peer `WAN_B`, policy routing sends each packet through the device once:
 //!
 //! ```text
+//!   ip link set imp0 up txqueuelen 10000             # see below
 //!   ip route replace LAN_B dev imp0                  # lanA -> lanB goes into the relay
 //!   ip rule add iif wan0 lookup 101                  # lanB -> lanA too ...
 //!   ip route add LAN_A dev imp0 table 101
@@ -24,6 +25,11 @@
 //!
 //! and `--up-to LAN_B`. `netns-tests/bench --reliability` sets this up for its direct-routing
 //! column, and the netns test `impair_tun_mode_delays_and_drops_routed_packets` checks it.
+//!
+//! The kernel queues packets for the relay on the device, 500 by default for a TUN device; a
+//! TCP burst on a path with tens of milliseconds of delay overflows that before the relay
+//! reads it (drops counted as the device's TX `dropped`, not by the relay). Raise
+//! `txqueuelen` as above so that only the model drops.
 //!
 //! The device is opened without offload: the kernel hands over packets of at most the
 //! device's MTU, one per read, and each is impaired on its own, as on a real link.
