@@ -361,63 +361,29 @@ impl Topology {
     /// `sluice-impair --tun` impairs it and writes it back): policy routing by input device,
     /// as the module doc of `sluice::impair::tun_relay` describes. IPv6 is left unrouted.
     pub fn route_direct_through(&self, dev: &str) {
-        let a = |args: &[&str]| {
-            self.exec(&self.gw_a, args);
-        };
-        // A TUN device queues 500 packets for its reader by default; a TCP burst overflows
-        // that before the relay sees it (an impairment nobody asked for).
-        a(&["ip", "link", "set", dev, "up", "txqueuelen", "10000"]);
-        // Packets the relay writes back come in on `dev` with sources whose route points
-        // elsewhere: strict reverse-path filtering would drop them.
-        a(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
-        a(&["sysctl", "-qw", &format!("net.ipv4.conf.{dev}.rp_filter=0")]);
-        a(&["ip", "route", "replace", "10.2.0.0/24", "dev", dev]);
-        a(&[
-            "ip",
-            "rule",
-            "add",
-            "iif",
-            addr::WAN_IF,
-            "lookup",
-            "101",
-            "pref",
-            "100",
-        ]);
-        a(&[
-            "ip",
-            "route",
-            "replace",
-            "10.1.0.0/24",
-            "dev",
-            dev,
-            "table",
-            "101",
-        ]);
-        a(&[
-            "ip", "rule", "add", "iif", dev, "lookup", "100", "pref", "101",
-        ]);
-        a(&[
-            "ip",
-            "route",
-            "replace",
-            "10.2.0.0/24",
-            "via",
-            addr::WAN_B,
-            "dev",
-            addr::WAN_IF,
-            "table",
-            "100",
-        ]);
-        a(&[
-            "ip",
-            "route",
-            "replace",
-            "10.1.0.0/24",
-            "dev",
-            "lan0",
-            "table",
-            "100",
-        ]);
+        let wan = addr::WAN_IF;
+        let wan_b = addr::WAN_B;
+        let commands = [
+            // A TUN device queues 500 packets for its reader by default; a TCP burst overflows
+            // that before the relay sees it (an impairment nobody asked for).
+            format!("ip link set {dev} up txqueuelen 10000"),
+            // Packets the relay writes back come in on `dev` with sources whose route points
+            // elsewhere: strict reverse-path filtering would drop them.
+            "sysctl -qw net.ipv4.conf.all.rp_filter=0".to_string(),
+            format!("sysctl -qw net.ipv4.conf.{dev}.rp_filter=0"),
+            // lanA -> lanB into the relay; lanB -> lanA (arriving on the WAN) too ...
+            format!("ip route replace 10.2.0.0/24 dev {dev}"),
+            format!("ip rule add iif {wan} lookup 101 pref 100"),
+            format!("ip route replace 10.1.0.0/24 dev {dev} table 101"),
+            // ... and what the relay writes back leaves the normal way.
+            format!("ip rule add iif {dev} lookup 100 pref 101"),
+            format!("ip route replace 10.2.0.0/24 via {wan_b} dev {wan} table 100"),
+            "ip route replace 10.1.0.0/24 dev lan0 table 100".to_string(),
+        ];
+        for command in &commands {
+            let args: Vec<&str> = command.split_whitespace().collect();
+            self.exec(&self.gw_a, &args);
+        }
         self.exec(
             &self.gw_b,
             &["ip", "route", "replace", "10.1.0.0/24", "via", addr::WAN_A],

@@ -885,7 +885,7 @@ fn soak_mixed_traffic_memory_stays_flat() {
 }
 
 /// Round-trip times (ms) of the replies in ping's output.
-fn ping_times(out: &str) -> Vec<f64> {
+fn ping_rtts_ms(out: &str) -> Vec<f64> {
     out.lines()
         .filter_map(|l| l.split("time=").nth(1))
         .filter_map(|t| t.split_whitespace().next()?.parse().ok())
@@ -934,7 +934,7 @@ fn impair_tun_mode_delays_and_drops_routed_packets() {
         &topo.lan_a,
         &["ping", "-n", "-c", "5", "-i", "0.2", "-W", "2", addr::LAN_B],
     );
-    let times = ping_times(&out);
+    let times = ping_rtts_ms(&out);
     assert_eq!(
         times.len(),
         5,

@@ -15,7 +15,7 @@ use sluice::impair::model::{
     Settings, parse_millis,
 };
 use sluice::impair::tun_relay::{TunRelay, TunRelayConfig};
-use sluice::impair::{Relay, RelayConfig};
+use sluice::impair::{CutSwitch, Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Queue bound when `--rate` is given without `--queue`: 100 full-size datagrams, about 60 ms
@@ -297,10 +297,45 @@ fn main() -> ExitCode {
     }
 }
 
-/// A relay of either mode, opened.
-enum Either {
-    Udp(Relay),
-    Tun(TunRelay),
+/// The signals the binary answers, installed before the relay says it is ready, so a test
+/// that signals right after reading that line never meets the default action (which would
+/// kill us without the counters).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
+        })
+    }
+
+    /// Spawns the task that toggles `cut` on SIGUSR1 and cancels the returned token on
+    /// SIGTERM or SIGINT.
+    fn watch(mut self, cut: CutSwitch) -> CancellationToken {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => break,
+                    _ = self.int.recv() => break,
+                    _ = self.usr1.recv() => {
+                        let now_cut = cut.toggle();
+                        tracing::info!(cut = now_cut, "SIGUSR1: link {}", if now_cut { "cut" } else { "restored" });
+                    }
+                }
+            }
+            stop.cancel();
+        });
+        shutdown
+    }
 }
 
 /// Runs the relay until SIGTERM or SIGINT, then prints its counters.
@@ -319,46 +354,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let stats = runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Installed before the "listening" line, so a test that signals right after reading
-        // it never meets the default action (which would kill us without the counters).
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut usr1 =
-            signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
-        let relay = match mode {
-            Mode::Udp(config) => Either::Udp(Relay::bind(config).await?),
-            Mode::Tun(config) => Either::Tun(TunRelay::open(config)?),
-        };
-        let cut = match &relay {
-            Either::Udp(relay) => relay.cut_switch(),
-            Either::Tun(relay) => relay.cut_switch(),
-        };
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
-                    _ = usr1.recv() => {
-                        let now_cut = cut.toggle();
-                        tracing::info!(cut = now_cut, "SIGUSR1: link {}", if now_cut { "cut" } else { "restored" });
-                    }
-                }
-            }
-            stop.cancel();
-        });
-        match relay {
-            Either::Udp(relay) => {
+        let signals = Signals::install()?;
+        anyhow::Ok(match mode {
+            Mode::Udp(config) => {
+                let relay = Relay::bind(config).await?;
+                let shutdown = signals.watch(relay.cut_switch());
                 eprintln!("sluice-impair: listening on {}", relay.local_addr());
-                anyhow::Ok(relay.run(shutdown).await?)
+                relay.run(shutdown).await?
             }
-            Either::Tun(relay) => {
-                eprintln!("sluice-impair: impairing packets routed into {}", relay.name());
-                anyhow::Ok(relay.run(shutdown).await)
+            Mode::Tun(config) => {
+                let relay = TunRelay::open(config)?;
+                let shutdown = signals.watch(relay.cut_switch());
+                eprintln!(
+                    "sluice-impair: impairing packets routed into {}",
+                    relay.name()
+                );
+                relay.run(shutdown).await
             }
-        }
+        })
     })?;
     println!(
         "{}",
