@@ -23,15 +23,29 @@
 //!   - [`demo`]: `sluice demo`, two sites in network namespaces.
 //! - [`impair`] is a test tool beside the product: `sluice-impair`, a seeded UDP relay that
 //!   impairs traffic like a WAN link (its [`impair::model`] is sans-IO like the core).
+//!
+//! The IO layer and the binaries are the default feature `io`; without it
+//! (`default-features = false`) the crate is the core alone, which is how the fuzz targets
+//! build it.
 
+#[cfg(feature = "io")]
 pub mod config;
+#[cfg(feature = "io")]
 pub mod control;
 pub mod core;
+#[cfg(feature = "io")]
 pub mod demo;
+#[cfg(feature = "io")]
 pub mod gateway;
+#[cfg(feature = "io")]
 pub mod identity;
+#[cfg(feature = "io")]
 pub mod impair;
+#[cfg(feature = "io")]
 pub mod netlink;
+#[cfg(feature = "io")]
 pub mod notify;
+#[cfg(feature = "io")]
 pub mod transport;
+#[cfg(feature = "io")]
 pub mod tun;
