@@ -50,7 +50,9 @@ fuzz_target!(|data: &[u8]| {
         }
         // Three known areas so that some references resolve.
         for seed in 0..3u8 {
-            let area: Vec<u8> = (0..3000u32).map(|i| (i as u8) ^ seed.wrapping_mul(77)).collect();
+            let area: Vec<u8> = (0..3000u32)
+                .map(|i| (i as u8) ^ seed.wrapping_mul(77))
+                .collect();
             send(&enc, &dec, &area, &mut stream);
         }
         let place = Place {

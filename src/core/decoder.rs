@@ -1,7 +1,7 @@
 //! The decoder: WAN datagrams in, the exact IP packets out, for one peer's shard.
 //!
-//! - **Strict.** Every datagram is parsed with [`wire::parse`]; every block is decompressed into
-//!   a buffer of exactly its announced length, checked against its checksum, and every packet
+//! - **Strict.** Every datagram is parsed with [`wire::parse`]; every block is checked against
+//!   its checksum and decompressed into a buffer of exactly its announced length, and every packet
 //!   in it must be a well-formed IP packet, or the whole block is dropped and counted. Nothing
 //!   malformed is ever returned by [`Decoder::poll_packet`].
 //! - **In order per shard.** Blocks are released in sequence order, so packets of one flow
@@ -28,8 +28,8 @@
 //! - **Acks.** The decoder acknowledges restored blocks, cumulatively, every
 //!   [`DecoderConfig::ack_every`] blocks or after [`DecoderConfig::ack_delay`].
 //! - **Dedupe.** With the peer's [`DecoderCache`] (shared by the shards), a placed block's
-//!   references are resolved against the ring, the restored area is checked against the block
-//!   checksum, and only then is the area written to the ring and the block acked: the peer's
+//!   references are resolved against the ring, the restored area (which for such a block is
+//!   what the checksum covers) is checked against the block checksum, and only then is the area written to the ring and the block acked: the peer's
 //!   encoder refers only to acked blocks, so every reference it makes can be resolved here.
 
 use std::sync::Arc;
@@ -488,7 +488,7 @@ impl Decoder {
             && self.slots[self.slot_index(id.seq)].state == SlotState::Empty
             && self.ready_room() >= MAX_AREA_LEN
         {
-            self.observe_fill(now);
+            self.observe_fill(now, 0);
             self.restore_into_ready(now, id, chunk)?;
             self.next = self.next.wrapping_add(1);
             self.admit_far();
@@ -506,7 +506,7 @@ impl Decoder {
         }
         match slot.add(block_len, offset, chunk, now) {
             Ok(true) if ahead == 0 => {
-                self.observe_fill(now);
+                self.observe_fill(now, block_len);
                 Ok(())
             }
             Ok(_) => Ok(()),
@@ -519,9 +519,11 @@ impl Decoder {
     }
 
     /// The block at `next` just became complete: if complete blocks were waiting behind it,
-    /// the link reordered by as long as the oldest of them waited.
-    fn observe_fill(&mut self, now: Timestamp) {
-        if self.held == 0 {
+    /// the link reordered by as long as the oldest of them waited. `own`: the bytes the block
+    /// at `next` holds itself (0 when it is restored straight from its datagram).
+    fn observe_fill(&mut self, now: Timestamp, own: usize) {
+        if self.held <= own {
+            // Nothing else is held, so nothing waited: skip the scan of the window.
             return;
         }
         if let Some(since) = self.oldest_waiting() {
@@ -1017,19 +1019,20 @@ impl Restore<'_> {
                     DedupeError::Malformed => WireError::BadDedupe,
                     DedupeError::BadReference => WireError::BadReference,
                 })?;
-                if wire::area_checksum(id, area) != header.checksum {
+                if header.compute_checksum(id, area) != header.checksum {
                     // The rings disagree: never deliver, and start over with a new epoch.
                     cache.checksum_failed(place.epoch);
                     return Err(WireError::Checksum);
                 }
             }
             _ => {
+                // Checked before it is decompressed: damaged input costs no codec work.
+                if header.compute_checksum(id, body) != header.checksum {
+                    return Err(WireError::Checksum);
+                }
                 self.decompressor
                     .decompress(header.codec, body, area)
                     .map_err(|_| WireError::Decompress)?;
-                if wire::area_checksum(id, area) != header.checksum {
-                    return Err(WireError::Checksum);
-                }
             }
         }
         let mut at = 0;

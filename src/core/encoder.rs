@@ -613,7 +613,8 @@ impl Encoder {
             codec: wanted,
             packet_count: count,
             area_len: area.len(),
-            checksum: wire::area_checksum(id, area),
+            // Set once the codec and the body are final.
+            checksum: 0,
             place: None,
             stream_len: None,
         };
@@ -638,23 +639,31 @@ impl Encoder {
         }
         let body_at = header.len();
         let body = &mut self.out.bytes[body_at..];
-        let mut direct = None;
-        let body_len = match self.compressor.compress(wanted, input, body) {
-            Some(n) => n,
-            None => {
-                header.codec = Codec::Raw;
-                let data_len = wire::BLOCK_ID_LEN + body_at + input.len();
-                if data_len <= max {
-                    let mut n = wire::write_data_header(id, buf);
-                    n += header.write(&mut buf[n..]);
-                    buf[n..data_len].copy_from_slice(input);
-                    direct = Some(data_len);
-                } else {
-                    body[..input.len()].copy_from_slice(input);
-                }
-                input.len()
-            }
+        let compressed = self.compressor.compress(wanted, input, body);
+        if compressed.is_none() {
+            header.codec = Codec::Raw;
+        }
+        let body_len = compressed.unwrap_or(input.len());
+        let covered = if header.checksum_covers_area() {
+            area
+        } else if compressed.is_some() {
+            &self.out.bytes[body_at..body_at + body_len]
+        } else {
+            input
         };
+        header.checksum = header.compute_checksum(id, covered);
+        let mut direct = None;
+        if compressed.is_none() {
+            let data_len = wire::BLOCK_ID_LEN + body_at + input.len();
+            if data_len <= max {
+                let mut n = wire::write_data_header(id, buf);
+                n += header.write(&mut buf[n..]);
+                buf[n..data_len].copy_from_slice(input);
+                direct = Some(data_len);
+            } else {
+                self.out.bytes[body_at..body_at + input.len()].copy_from_slice(input);
+            }
+        }
         self.out.id = id;
         if direct.is_some() {
             // Sent whole already: nothing left in `out`.

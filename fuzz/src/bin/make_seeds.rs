@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use sluice::core::compress::Codec;
+use sluice::core::decoder;
 use sluice::core::encoder::Compression;
 use sluice::core::packet::{PROTO_TCP, PROTO_UDP, testing};
 use sluice::core::stats::DecoderStats;
@@ -471,20 +472,27 @@ fn sessions(seeds: &mut Seeds) -> Result<()> {
     })?;
 
     // A block far ahead of the window moves it once verified.
+    // Beyond the window: decoder::WINDOW blocks past the last one delivered.
+    let far = decoder::WINDOW as usize + 6;
     let mut enc = encoder(Compression::Off, true, 200)?;
     let blocks = encode(
         &mut enc,
-        &(0..72)
-            .map(|i| packet(i % 3, 150, Content::Text))
+        &(0..far + 2)
+            .map(|i| packet((i % 3) as u16, 150, Content::Text))
             .collect::<Vec<_>>(),
         1400,
     )?;
-    ensure!(blocks.len() == 72, "{} blocks, want 72", blocks.len());
+    ensure!(
+        blocks.len() == far + 2,
+        "{} blocks, want {}",
+        blocks.len(),
+        far + 2
+    );
     let mut s = SessionSeed::new(0);
     s.push(0, &blocks[0])
         .push(0, &blocks[1])
-        .push(1, &blocks[70])
-        .push(1, &blocks[71])
+        .push(1, &blocks[far])
+        .push(1, &blocks[far + 1])
         .push(1, &blocks[2]);
     seeds.write_session("session_far_ahead", &s.bytes, |st| {
         st.packets_out == 4 && st.gaps > 0
