@@ -12,6 +12,12 @@
 //! `target/criterion/<case>/<bench>/new/estimates.json` (median time per iteration) and the
 //! sizes this bench measured while preparing its inputs.
 //!
+//! After criterion's runs of a codec, the same four closures run once more in alternation for
+//! the `paired` column: ours and bare back to back in 31 short rounds, the median of the
+//! per-round ratios (see [`paired_ratio`]). On this VM, whose speed drifts by tens of percent
+//! within minutes, criterion's two medians for ours and bare are taken seconds to minutes
+//! apart and their ratio moves by ±20% between runs; the paired ratio is the one to read.
+//!
 //! # Inputs
 //!
 //! All packets are IPv4/TCP of one flow; throughput counts IP-packet bytes.
@@ -47,7 +53,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, Throughput};
 use lz4_flex::block::{CompressTable, compress_into_with_table, get_maximum_output_size};
@@ -373,11 +379,10 @@ fn bare_encode_all(codec: &mut BareCodec, raw_blocks: &[Vec<u8>], out: &mut [u8]
 /// Benchmarks one input. Ours and bare run back to back for each codec (encode ours, encode
 /// bare, decode ours, decode bare), so a change in the machine's load between them skews
 /// their ratio as little as possible.
-fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes) {
+fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes, paired: &mut Paired) {
     let now = Timestamp::ZERO;
     let mut group = c.benchmark_group(input.name);
     group.throughput(Throughput::Bytes(input.block_bytes()));
-    let mut buf = vec![0u8; 64 * 1024];
     let raw_blocks: Vec<Vec<u8>> = input.blocks.iter().map(|b| b.concat()).collect();
     let raw_max = raw_blocks.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = vec![0u8; get_maximum_output_size(raw_max).max(raw_max + 1024)];
@@ -389,6 +394,7 @@ fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes) {
         let mut encoder = Encoder::new(variant.config(), SHARD, EPOCH).expect("valid config");
         let mut bare = BareCodec::new(variant.bare());
         let compressed = bare_encode_all(&mut bare, &raw_blocks, &mut out);
+        let mut out = out.clone();
         let bare_wire: usize = compressed.iter().map(Vec::len).sum();
         let total = input.total_bytes() as f64;
         sizes.insert(
@@ -400,75 +406,203 @@ fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes) {
             bare_wire as f64 / total,
         );
 
+        // One step of each of the four measurements, as closures so criterion and the paired
+        // pass run the very same code. Each has its own buffers.
         let mut i = 0;
-        group.bench_function(format!("encode_ours_{name}"), |b| {
-            b.iter(|| {
-                let block = &input.blocks[i % input.blocks.len()];
-                i += 1;
-                for packet in block {
-                    encoder
-                        .handle_packet(now, black_box(packet))
-                        .expect("queue drained every iteration");
-                }
-                while let Some(n) = encoder.poll_datagram(now, input.datagram_size, &mut buf) {
-                    black_box(&buf[..n]);
-                }
-            })
-        });
-
-        let mut i = 0;
-        group.bench_function(format!("encode_bare_{name}"), |b| {
-            b.iter(|| {
-                let raw = &raw_blocks[i % raw_blocks.len()];
-                i += 1;
-                black_box(bare.compress(black_box(raw), &mut out));
-            })
-        });
-
-        let mut i = 0;
+        let mut enc_buf = vec![0u8; 64 * 1024];
+        let mut encode_ours = || {
+            let block = &input.blocks[i % input.blocks.len()];
+            i += 1;
+            for packet in block {
+                encoder
+                    .handle_packet(now, black_box(packet))
+                    .expect("queue drained every iteration");
+            }
+            while let Some(n) = encoder.poll_datagram(now, input.datagram_size, &mut enc_buf) {
+                black_box(&enc_buf[..n]);
+            }
+        };
+        let mut j = 0;
+        let mut bare_c = BareCodec::new(variant.bare());
+        let mut enc_out = out.clone();
+        let mut encode_bare = || {
+            let raw = &raw_blocks[j % raw_blocks.len()];
+            j += 1;
+            black_box(bare_c.compress(black_box(raw), &mut enc_out));
+        };
+        let mut k = 0;
         let blocks = encoded.datagrams.len();
-        group.bench_function(format!("decode_ours_{name}"), |b| {
-            b.iter(|| {
-                if i == blocks {
-                    // Start over: a new epoch, then this one again, so sequence numbers restart.
-                    for epoch in [EPOCH.wrapping_add(1), EPOCH] {
-                        let kind = ResetKind::Announce;
-                        let reset = Reset {
-                            shard: SHARD,
-                            epoch,
-                            kind,
-                        };
-                        decoder.handle_reset(now, reset);
-                    }
-                    i = 0;
+        let mut decode_ours = || {
+            if k == blocks {
+                // Start over: a new epoch, then this one again, so sequence numbers restart.
+                for epoch in [EPOCH.wrapping_add(1), EPOCH] {
+                    let kind = ResetKind::Announce;
+                    let reset = Reset {
+                        shard: SHARD,
+                        epoch,
+                        kind,
+                    };
+                    decoder.handle_reset(now, reset);
                 }
-                for datagram in &encoded.datagrams[i] {
-                    let _ = decoder.handle_datagram(now, black_box(datagram));
-                }
-                i += 1;
-                while let Some(packet) = decoder.next_packet() {
-                    black_box(packet);
-                }
-            })
-        });
+                k = 0;
+            }
+            for datagram in &encoded.datagrams[k] {
+                let _ = decoder.handle_datagram(now, black_box(datagram));
+            }
+            k += 1;
+            while let Some(packet) = decoder.next_packet() {
+                black_box(packet);
+            }
+        };
+        let mut l = 0;
+        let mut decode_bare = || {
+            let m = l % compressed.len();
+            l += 1;
+            let restored = &mut out[..raw_blocks[m].len()];
+            black_box(bare.decompress(black_box(&compressed[m]), restored));
+        };
+
+        group.bench_function(format!("encode_ours_{name}"), |b| b.iter(&mut encode_ours));
+        group.bench_function(format!("encode_bare_{name}"), |b| b.iter(&mut encode_bare));
+        group.bench_function(format!("decode_ours_{name}"), |b| b.iter(&mut decode_ours));
+        group.bench_function(format!("decode_bare_{name}"), |b| b.iter(&mut decode_bare));
+        for (dir, ours, theirs) in [
+            (
+                "encode",
+                &mut encode_ours as &mut dyn FnMut(),
+                &mut encode_bare as &mut dyn FnMut(),
+            ),
+            ("decode", &mut decode_ours, &mut decode_bare),
+        ] {
+            if paired.wanted(input.name, dir, name) {
+                let ratio = paired_ratio(ours, theirs);
+                paired
+                    .ratios
+                    .insert((input.name.into(), dir.into(), name.into()), ratio);
+            }
+        }
         assert_eq!(
             decoder.stats().malformed.iter().sum::<u64>(),
             0,
             "{}/{name}: decoder rejected datagrams",
             input.name,
         );
-
-        let mut i = 0;
-        group.bench_function(format!("decode_bare_{name}"), |b| {
-            b.iter(|| {
-                let k = i % compressed.len();
-                i += 1;
-                let restored = &mut out[..raw_blocks[k].len()];
-                black_box(bare.decompress(black_box(&compressed[k]), restored));
-            })
-        });
     }
     group.finish();
+}
+
+/// Rounds of the paired measurement.
+const PAIRED_ROUNDS: usize = 31;
+/// Time per side per round of the paired measurement.
+const PAIRED_SLICE: Duration = Duration::from_millis(10);
+
+/// The paired ours/bare measurement: which cases run, and their ratios, by
+/// (case, direction, codec).
+struct Paired {
+    enabled: bool,
+    filter: Option<String>,
+    ratios: BTreeMap<(String, String, String), f64>,
+}
+
+impl Paired {
+    /// From the command line: off when criterion profiles or lists; criterion's filter (a
+    /// plain substring here) selects the same cases.
+    fn from_args() -> Paired {
+        const WITH_VALUE: &[&str] = &[
+            "--save-baseline",
+            "-s",
+            "--baseline",
+            "-b",
+            "--baseline-lenient",
+            "--load-baseline",
+            "--color",
+            "-c",
+            "--profile-time",
+            "--sample-size",
+            "--warm-up-time",
+            "--measurement-time",
+            "--nresamples",
+            "--noise-threshold",
+            "--confidence-level",
+            "--significance-level",
+            "--plotting-backend",
+            "--output-format",
+            "--format",
+        ];
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let enabled = !args
+            .iter()
+            .any(|a| a == "--profile-time" || a == "--list" || a == "--test");
+        let mut filter = None;
+        let mut skip = false;
+        for arg in &args {
+            if skip {
+                skip = false;
+            } else if WITH_VALUE.contains(&arg.as_str()) {
+                skip = true;
+            } else if !arg.starts_with('-') {
+                filter = Some(arg.clone());
+                break;
+            }
+        }
+        Paired {
+            enabled,
+            filter,
+            ratios: BTreeMap::new(),
+        }
+    }
+
+    fn wanted(&self, case: &str, dir: &str, codec: &str) -> bool {
+        self.enabled
+            && self.filter.as_deref().is_none_or(|f| {
+                [
+                    format!("{case}/{dir}_ours_{codec}"),
+                    format!("{case}/{dir}_bare_{codec}"),
+                ]
+                .iter()
+                .any(|id| id.contains(f))
+            })
+    }
+}
+
+/// Ours / bare throughput, measured in alternation: [`PAIRED_ROUNDS`] rounds, each running
+/// the same number of steps of both back to back (which goes first alternates), about
+/// [`PAIRED_SLICE`] for the slower one. The median of the per-round ratios: a change in the
+/// machine's speed (this VM's varies by tens of percent within minutes) hits both sides of a
+/// round alike, where criterion's two medians can be taken minutes apart.
+fn paired_ratio(ours: &mut dyn FnMut(), bare: &mut dyn FnMut()) -> f64 {
+    fn step_time(f: &mut dyn FnMut()) -> Duration {
+        let start = Instant::now();
+        let mut steps = 0u32;
+        while start.elapsed() < PAIRED_SLICE {
+            f();
+            steps += 1;
+        }
+        start.elapsed() / steps
+    }
+    fn run(f: &mut dyn FnMut(), steps: u32) -> f64 {
+        let start = Instant::now();
+        for _ in 0..steps {
+            f();
+        }
+        start.elapsed().as_secs_f64()
+    }
+    let slower = step_time(ours).max(step_time(bare));
+    let steps = (PAIRED_SLICE.as_nanos() / slower.as_nanos().max(1)).max(1) as u32;
+    let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
+        .map(|round| {
+            let (t_ours, t_bare) = if round % 2 == 0 {
+                let t_ours = run(ours, steps);
+                (t_ours, run(bare, steps))
+            } else {
+                let t_bare = run(bare, steps);
+                (run(ours, steps), t_bare)
+            };
+            t_bare / t_ours
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 /// Where criterion writes its results (its own rule, minus the `cargo metadata` step).
@@ -495,13 +629,21 @@ fn throughput(dir: &Path, case: &str, bench: &str, bytes: u64, since: SystemTime
     Some(bytes as f64 / ns * 1e3)
 }
 
-fn summary(inputs: &[Input], sizes: &Sizes, since: SystemTime) {
+fn summary(inputs: &[Input], sizes: &Sizes, paired: &Paired, since: SystemTime) {
     let dir = criterion_dir();
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     println!();
     println!(
-        "{:<13} {:<7} {:<7} {:>9} {:>9} {:>9} {:>10} {:>10}",
-        "case", "codec", "dir", "ours MB/s", "bare MB/s", "ours/bare", "wire/in", "bare out/in"
+        "{:<13} {:<7} {:<7} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10}",
+        "case",
+        "codec",
+        "dir",
+        "ours MB/s",
+        "bare MB/s",
+        "ours/bare",
+        "paired",
+        "wire/in",
+        "bare out/in"
     );
     for input in inputs {
         let bytes = input.block_bytes();
@@ -521,7 +663,12 @@ fn summary(inputs: &[Input], sizes: &Sizes, since: SystemTime) {
                     bytes,
                     since,
                 );
-                if ours.is_none() && theirs.is_none() {
+                let pair = paired.ratios.get(&(
+                    input.name.to_string(),
+                    dir_name.to_string(),
+                    variant.name().to_string(),
+                ));
+                if ours.is_none() && theirs.is_none() && pair.is_none() {
                     continue;
                 }
                 let ratio = ours
@@ -533,13 +680,14 @@ fn summary(inputs: &[Input], sizes: &Sizes, since: SystemTime) {
                         .map_or("-".to_string(), |r| format!("{r:.3}"))
                 };
                 println!(
-                    "{:<13} {:<7} {:<7} {:>9} {:>9} {:>9} {:>10} {:>10}",
+                    "{:<13} {:<7} {:<7} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10}",
                     input.name,
                     variant.name(),
                     dir_name,
                     fmt(ours),
                     fmt(theirs),
                     ratio,
+                    pair.map_or("-".to_string(), |r| format!("{r:.2}")),
                     size(variant.name().to_string()),
                     size(format!("bare_{}", variant.name())),
                 );
@@ -547,8 +695,10 @@ fn summary(inputs: &[Input], sizes: &Sizes, since: SystemTime) {
         }
     }
     println!(
-        "MB/s = 10^6 IP-packet bytes per second, one core, criterion median; \
-         wire/in = datagram bytes / IP bytes; bare out/in = bare codec output / IP bytes"
+        "MB/s = 10^6 IP-packet bytes per second, one core, criterion median; ours/bare = their \
+         ratio; paired = ours/bare measured in alternation ({PAIRED_ROUNDS} rounds, median), \
+         steadier on a machine whose speed drifts; wire/in = datagram bytes / IP bytes; \
+         bare out/in = bare codec output / IP bytes"
     );
 }
 
@@ -557,13 +707,14 @@ fn main() {
     let corpus = text_corpus();
     let inputs = inputs(&corpus);
     let mut sizes = Sizes::new();
+    let mut paired = Paired::from_args();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     for input in &inputs {
-        bench_input(&mut c, input, &mut sizes);
+        bench_input(&mut c, input, &mut sizes, &mut paired);
     }
     c.final_summary();
-    summary(&inputs, &sizes, since);
+    summary(&inputs, &sizes, &paired, since);
 }
