@@ -394,7 +394,6 @@ fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes, paired: &mut
         let mut encoder = Encoder::new(variant.config(), SHARD, EPOCH).expect("valid config");
         let mut bare = BareCodec::new(variant.bare());
         let compressed = bare_encode_all(&mut bare, &raw_blocks, &mut out);
-        let mut out = out.clone();
         let bare_wire: usize = compressed.iter().map(Vec::len).sum();
         let total = input.total_bytes() as f64;
         sizes.insert(
@@ -423,12 +422,12 @@ fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes, paired: &mut
             }
         };
         let mut j = 0;
-        let mut bare_c = BareCodec::new(variant.bare());
+        let mut bare_encoder = BareCodec::new(variant.bare());
         let mut enc_out = out.clone();
         let mut encode_bare = || {
             let raw = &raw_blocks[j % raw_blocks.len()];
             j += 1;
-            black_box(bare_c.compress(black_box(raw), &mut enc_out));
+            black_box(bare_encoder.compress(black_box(raw), &mut enc_out));
         };
         let mut k = 0;
         let blocks = encoded.datagrams.len();
@@ -455,10 +454,11 @@ fn bench_input(c: &mut Criterion, input: &Input, sizes: &mut Sizes, paired: &mut
             }
         };
         let mut l = 0;
+        let mut dec_out = out.clone();
         let mut decode_bare = || {
             let m = l % compressed.len();
             l += 1;
-            let restored = &mut out[..raw_blocks[m].len()];
+            let restored = &mut dec_out[..raw_blocks[m].len()];
             black_box(bare.decompress(black_box(&compressed[m]), restored));
         };
 

@@ -29,8 +29,9 @@
 //!   [`DecoderConfig::ack_every`] blocks or after [`DecoderConfig::ack_delay`].
 //! - **Dedupe.** With the peer's [`DecoderCache`] (shared by the shards), a placed block's
 //!   references are resolved against the ring, the restored area (which for such a block is
-//!   what the checksum covers) is checked against the block checksum, and only then is the area written to the ring and the block acked: the peer's
-//!   encoder refers only to acked blocks, so every reference it makes can be resolved here.
+//!   what the checksum covers) is checked against the block checksum, and only then is the
+//!   area written to the ring and the block acked: the peer's encoder refers only to acked
+//!   blocks, so every reference it makes can be resolved here.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -693,6 +693,33 @@ impl BlockHeader {
         false
     }
 
+    /// Whether the checksum covers the restored packet area (a block with dedupe references,
+    /// whose area depends on the receiver's ring) rather than the body as sent.
+    pub fn checksum_covers_area(&self) -> bool {
+        self.stream_len.is_some()
+    }
+
+    /// The checksum of block `id` with this header (its own `checksum` field aside) over
+    /// `covered`: the restored area if [`BlockHeader::checksum_covers_area`], else the body.
+    ///
+    /// The seed binds the block identity and every other header field, so a damaged header
+    /// (another codec, length or place) fails the check like a damaged body.
+    pub fn compute_checksum(&self, id: BlockId, covered: &[u8]) -> u32 {
+        let mut fields = [0u8; 32];
+        fields[..8].copy_from_slice(&id.checksum_seed().to_le_bytes());
+        fields[8] = self.codec_byte();
+        fields[9..13].copy_from_slice(&(self.packet_count as u32).to_le_bytes());
+        fields[13..17].copy_from_slice(&(self.area_len as u32).to_le_bytes());
+        if let Some(place) = self.place {
+            fields[17..19].copy_from_slice(&place.epoch.to_le_bytes());
+            fields[19..25].copy_from_slice(&place.pos.to_le_bytes()[..6]);
+        }
+        let stream_len = self.stream_len.unwrap_or(0) as u32;
+        fields[25..29].copy_from_slice(&stream_len.to_le_bytes());
+        let seed = twox_hash::XxHash3_64::oneshot(&fields);
+        twox_hash::XxHash3_64::oneshot_with_seed(seed, covered) as u32
+    }
+
     /// The first byte: codec id and flags.
     fn codec_byte(&self) -> u8 {
         let mut flags = 0;
@@ -801,35 +828,6 @@ pub fn parse_block(block: &[u8]) -> Result<(BlockHeader, &[u8]), WireError> {
         return Err(WireError::BadAreaLength);
     }
     Ok((header, body))
-}
-
-impl BlockHeader {
-    /// Whether the checksum covers the restored packet area (a block with dedupe references,
-    /// whose area depends on the receiver's ring) rather than the body as sent.
-    pub fn checksum_covers_area(&self) -> bool {
-        self.stream_len.is_some()
-    }
-
-    /// The checksum of block `id` with this header (its own `checksum` field aside) over
-    /// `covered`: the restored area if [`BlockHeader::checksum_covers_area`], else the body.
-    ///
-    /// The seed binds the block identity and every other header field, so a damaged header
-    /// (another codec, length or place) fails the check like a damaged body.
-    pub fn compute_checksum(&self, id: BlockId, covered: &[u8]) -> u32 {
-        let mut fields = [0u8; 32];
-        fields[..8].copy_from_slice(&id.checksum_seed().to_le_bytes());
-        fields[8] = self.codec_byte();
-        fields[9..13].copy_from_slice(&(self.packet_count as u32).to_le_bytes());
-        fields[13..17].copy_from_slice(&(self.area_len as u32).to_le_bytes());
-        if let Some(place) = self.place {
-            fields[17..19].copy_from_slice(&place.epoch.to_le_bytes());
-            fields[19..25].copy_from_slice(&place.pos.to_le_bytes()[..6]);
-        }
-        let stream_len = self.stream_len.unwrap_or(0) as u32;
-        fields[25..29].copy_from_slice(&stream_len.to_le_bytes());
-        let seed = twox_hash::XxHash3_64::oneshot(&fields);
-        twox_hash::XxHash3_64::oneshot_with_seed(seed, covered) as u32
-    }
 }
 
 /// Most bytes of per-packet metadata an entry can carry.

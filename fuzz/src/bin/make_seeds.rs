@@ -471,8 +471,8 @@ fn sessions(seeds: &mut Seeds) -> Result<()> {
         st.packets_out == 7 && st.gaps == 1 && st.stale == 2
     })?;
 
-    // A block far ahead of the window moves it once verified.
-    // Beyond the window: decoder::WINDOW blocks past the last one delivered.
+    // A block far ahead of the window (more than decoder::WINDOW past the last one
+    // delivered) moves it once verified.
     let far = decoder::WINDOW as usize + 6;
     let mut enc = encoder(Compression::Off, true, 200)?;
     let blocks = encode(
