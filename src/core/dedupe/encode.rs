@@ -258,14 +258,7 @@ impl EncoderCache {
         (key >> (65 - self.index_bits)) as usize * WAYS
     }
 
-    /// The two slots of `key`'s bucket (see [`Scan::insert`]), if its page is claimed.
-    fn bucket(&self, key: u64) -> Option<&[AtomicU64]> {
-        let i = self.bucket_at(key);
-        self.index[i / PAGE_SLOTS]
-            .get()
-            .map(|page| &page[i % PAGE_SLOTS..i % PAGE_SLOTS + WAYS])
-    }
-
+    /// The two slots of `key`'s bucket (see [`Scan::insert`]), its page claimed if need be.
     fn bucket_or_claim(&self, key: u64) -> &[AtomicU64] {
         let i = self.bucket_at(key);
         let page = self.index[i / PAGE_SLOTS]
@@ -339,11 +332,13 @@ fn longer(
 /// is needed before a window is searched.
 const BATCH: usize = 128;
 
-/// An anchor of the current batch: its area position, index key and loaded slot.
+/// An anchor of the current batch: its area position, index key, bucket and the bucket's
+/// slots as loaded.
 #[derive(Clone, Copy, Default)]
-struct Anchor {
+struct Anchor<'a> {
     at: usize,
     key: u64,
+    bucket: &'a [AtomicU64],
     entries: [u64; WAYS],
 }
 
@@ -408,20 +403,24 @@ impl Scan<'_> {
                         .expect("key"),
                 );
             }
+            // Finding the buckets (a page claim check each) is a pass of its own: mixed into the
+            // loads, it kept them from overlapping (encode_random: 170 MiB/s mixed, ~300 split;
+            // more with a larger index).
             for anchor in &mut batch[..n] {
-                anchor.entries = match self.cache.bucket(anchor.key) {
-                    Some(b) if self.search => {
-                        [b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed)]
-                    }
-                    _ => [0; WAYS],
-                };
+                anchor.bucket = self.cache.bucket_or_claim(anchor.key);
+            }
+            for anchor in &mut batch[..n] {
+                anchor.entries = [
+                    anchor.bucket[0].load(Ordering::Relaxed),
+                    anchor.bucket[1].load(Ordering::Relaxed),
+                ];
             }
             for anchor in &batch[..n] {
                 let i = anchor.at;
                 if i < covered {
                     // Inside a reference: only refresh the index, so this newer copy takes
                     // over once the older one ages out of the ring.
-                    self.insert(anchor.key, i);
+                    self.insert(anchor, i);
                     continue;
                 }
                 // Candidates: where the last reference's source continues, where the
@@ -458,7 +457,7 @@ impl Scan<'_> {
                         self.near(area, literal_start, i, source_end, i - covered + NEAR),
                     );
                 }
-                self.insert(anchor.key, i);
+                self.insert(anchor, i);
                 let Some((start, len, ref_pos)) = found else {
                     continue;
                 };
@@ -498,8 +497,11 @@ impl Scan<'_> {
         area: &[u8],
         floor: usize,
         i: usize,
-        anchor: &Anchor,
+        anchor: &Anchor<'_>,
     ) -> Option<(usize, usize, u64)> {
+        if !self.search {
+            return None;
+        }
         let check = (anchor.key as u32) | 1;
         self.lookups += 1;
         let mut best = None;
@@ -520,21 +522,25 @@ impl Scan<'_> {
     /// acknowledged (or soon will be) while the newest is still in flight, and data that
     /// repeats within a round trip would otherwise always point at a copy nobody may
     /// reference yet.
-    fn insert(&self, key: u64, i: usize) {
-        let cache = self.cache;
-        let check = (key as u32) | 1;
-        let bucket = cache.bucket_or_claim(key);
+    ///
+    /// The first slot is judged as the batch loaded it (another anchor of the batch with the
+    /// same key may have replaced it since: then an older copy is kept a little less often).
+    /// Reading it again here, right after storing to its cache line, made every insert wait
+    /// for that line (`cargo bench --bench dedupe -- encode_random`: 110 MiB/s with the
+    /// second read, 170 without).
+    fn insert(&self, anchor: &Anchor<'_>, i: usize) {
+        let check = (anchor.key as u32) | 1;
         let entry = (u64::from(check) << 32) | (self.place_offset + i) as u64;
-        bucket[1].store(entry, Ordering::Relaxed);
-        let old = bucket[0].load(Ordering::Relaxed);
+        anchor.bucket[1].store(entry, Ordering::Relaxed);
+        let old = anchor.entries[0];
         if (old >> 32) as u32 == check
             && let Some(c) = self.position_of(old as u32 as usize)
-            && self.head - c < cache.ring.size() / 2
+            && self.head - c < self.cache.ring.size() / 2
             && c < self.place.pos
         {
             return;
         }
-        bucket[0].store(entry, Ordering::Relaxed);
+        anchor.bucket[0].store(entry, Ordering::Relaxed);
     }
 
     /// Looks for the eight bytes at `i` in the `span` bytes of the ring from `from` (where the
