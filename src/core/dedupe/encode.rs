@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use super::ring::{self, CHUNK, Ring};
 use super::{DedupeConfig, KEY_LEN, MIN_AREA, Place, SAMPLE_BITS, push_literal, push_reference};
 
-/// Multiplier of the anchor hash (a 64-bit odd constant with well-spread bits).
-const ANCHOR_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+/// Multipliers of the anchor hash, one per byte of its window (odd, with well-spread bits).
+const ANCHOR_MUL: [u16; ANCHOR_WINDOW] = [0x9E37, 0x7F4B, 0x58A5, 0xC2B3];
+
+/// Bytes that decide whether a position is an anchor.
+const ANCHOR_WINDOW: usize = 4;
 
 /// Index slots per lazily claimed page.
 const PAGE_SLOTS: usize = 1 << 16;
@@ -267,11 +270,19 @@ impl EncoderCache {
     }
 }
 
-/// Hash deciding whether a position is an anchor (top [`SAMPLE_BITS`] bits zero).
+/// Hash deciding whether a position is an anchor: below [`ANCHOR_BELOW`] (its top
+/// [`SAMPLE_BITS`] bits zero). 16 bits wide so that the hashes of neighbouring positions are
+/// computed side by side, eight to a 128-bit vector register.
 #[inline]
-fn anchor_hash(window: u64) -> u64 {
-    window.wrapping_mul(ANCHOR_MUL)
+fn anchor_hash(w: &[u8]) -> u16 {
+    let term = |j: usize| u16::from(w[j]).wrapping_mul(ANCHOR_MUL[j]);
+    term(0)
+        .wrapping_add(term(1))
+        .wrapping_add(term(2))
+        .wrapping_add(term(3))
 }
+
+const ANCHOR_BELOW: u16 = 1 << (16 - SAMPLE_BITS);
 
 /// Index key of the [`KEY_LEN`] bytes at an anchor.
 #[inline]
@@ -287,23 +298,28 @@ fn key_hash(bytes: &[u8; KEY_LEN]) -> u64 {
 }
 
 /// Which of the `count` (at most 64) positions from `start` are anchors, as bits; every
-/// position needs 8 bytes of `area` from it. Branch-free, so the hashes of neighbouring
-/// positions are computed side by side.
+/// position needs [`ANCHOR_WINDOW`] bytes of `area` from it. For a whole 64 the hashes and tests
+/// go into arrays first, a shape the compiler vectorises (2× faster than a test per position
+/// shifted into the mask); the flags are then packed eight at a time with a multiply.
 #[inline]
 fn anchor_mask(area: &[u8], start: usize, count: usize) -> u64 {
-    let anchor = |w: &[u8]| {
-        let window = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        u64::from(anchor_hash(window) >> (64 - SAMPLE_BITS) == 0)
-    };
     let mut mask = 0;
     if count == 64 {
-        let bytes: &[u8; 71] = area[start..start + 71].try_into().expect("71 bytes");
-        for k in 0..64 {
-            mask |= anchor(&bytes[k..k + 8]) << k;
+        const SPAN: usize = 64 + ANCHOR_WINDOW - 1;
+        let bytes: &[u8; SPAN] = area[start..start + SPAN].try_into().expect("span");
+        let mut flags = [0u8; 64];
+        for (k, flag) in flags.iter_mut().enumerate() {
+            *flag = u8::from(anchor_hash(&bytes[k..k + ANCHOR_WINDOW]) < ANCHOR_BELOW);
+        }
+        for (j, eight) in flags.chunks_exact(8).enumerate() {
+            // Bytes of 0 or 1: the multiply gathers bit 0 of byte i into bit 56 + i.
+            let v = u64::from_le_bytes(eight.try_into().expect("8 flags"));
+            mask |= (v.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
         }
     } else {
         for k in 0..count {
-            mask |= anchor(&area[start + k..start + k + 8]) << k;
+            let at = start + k;
+            mask |= u64::from(anchor_hash(&area[at..at + ANCHOR_WINDOW]) < ANCHOR_BELOW) << k;
         }
     }
     mask
@@ -612,5 +628,48 @@ impl Scan<'_> {
             return None;
         }
         Some((i - backward, len, ref_pos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_window_mask_equals_the_test_per_position() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut bytes: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        // Text and a run of zeros too (every position of a zero run is an anchor).
+        bytes.extend(
+            b"<div class=\"docblock\"><p>Returns the number of elements.</p></div>\n".repeat(20),
+        );
+        bytes.extend([0u8; 200]);
+        let mut anchors = 0;
+        for start in 0..bytes.len() - 64 - ANCHOR_WINDOW {
+            let fast = anchor_mask(&bytes, start, 64);
+            let slow = (0..64).fold(0u64, |m, k| {
+                let at = start + k;
+                m | u64::from(anchor_hash(&bytes[at..at + ANCHOR_WINDOW]) < ANCHOR_BELOW) << k
+            });
+            assert_eq!(fast, slow, "at {start}");
+            assert_eq!(anchor_mask(&bytes, start, 17), slow & ((1 << 17) - 1));
+            anchors += (fast & 1) as usize;
+        }
+        // About one position in 2^SAMPLE_BITS on the random part.
+        let random = (0..4000)
+            .filter(|&s| anchor_mask(&bytes, s, 1) == 1)
+            .count();
+        assert!(
+            (60..200).contains(&random),
+            "{random} anchors in 4000 random positions"
+        );
+        assert!(anchors > 0);
     }
 }

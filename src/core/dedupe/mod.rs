@@ -15,8 +15,8 @@
 //!   counter: its area goes to the ring at `pos` (rounded up to [`ring::CHUNK`]), on the
 //!   encoder at once and on the decoder when the block is restored. Blocks from different
 //!   shards never share a chunk.
-//! - **Anchors.** Content-defined: a position is an anchor when a multiplicative hash of the 8
-//!   bytes there has its top [`SAMPLE_BITS`] bits zero (one position in 32 on random data).
+//! - **Anchors.** Content-defined: a position is an anchor when a 16-bit hash of the 4 bytes
+//!   there has its top [`SAMPLE_BITS`] bits zero (one position in 32 on random data).
 //!   The index maps a hash of the [`KEY_LEN`] bytes at an anchor to where they were seen, so a
 //!   repeated range is found at any offset inside a packet, in any flow, from any shard. A
 //!   candidate is compared byte for byte against the ring and extended both ways; a range of at
