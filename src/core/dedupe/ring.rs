@@ -412,15 +412,7 @@ mod tests {
     fn find8_finds_the_first_copy_and_never_reads_past_a_segment() {
         let ring = Ring::new(2 * SEGMENT);
         // Bytes that do not repeat (`bytes` has a period of 256).
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..4096)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let data = crate::core::dedupe::tests::pseudo_random(4096, 1);
         let pos = SEGMENT as u64 - 2048;
         ring.store(pos, &data, tag(0, 0));
         let want = u64::from_le_bytes(data[1000..1008].try_into().unwrap());

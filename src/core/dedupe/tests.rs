@@ -3,7 +3,8 @@
 use super::encode::Encoded;
 use super::*;
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+/// Bytes that do not repeat (xorshift), the same for the same `seed`.
+pub(super) fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
