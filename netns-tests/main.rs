@@ -77,6 +77,13 @@ fn http_transfers_of_real_files_are_byte_exact_both_ways() {
     let got = topo.dir.join("got-a.tar");
     sites::fetch(&topo, &topo.lan_a, "http://10.2.0.2:8080/docs.tar", &got);
     assert_eq!(sha256(&got), docs_sum, "lanA received the exact bytes");
+    // The sending gateway read the fetch from its TUN device in bursts of super-packets;
+    // none of them may have been dropped for want of room in the encoder's queue.
+    let status = sites::status(&topo, &topo.gw_b, &_g.b);
+    assert!(
+        status.contains(" refused 0  send errors"),
+        "gwB's encoders refused packets:\n{status}"
+    );
 
     // lanA serves, lanB fetches, over IPv6 this time.
     let _server_a = sites::http_server(&topo, &topo.lan_a, &served, addr::LAN_A6);

@@ -26,6 +26,11 @@ use crate::tun::{GsoKind, GsoMeta, TunQueue};
 /// Packets read from the TUN device per wake-up before the shard sends what it has: enough to
 /// fill a 64 KiB batch with full-size packets, small enough to keep a wake-up short.
 const READ_BURST: usize = 48;
+/// Bytes read from the TUN device per wake-up before the shard sends what it has. With
+/// offload a read can return a 64 KiB super-packet, and 48 of them would overflow the
+/// encoder's queue (its `max_queue_bytes`, 1 MiB by default), which refuses (drops) what does
+/// not fit: stop reading well before that, and let the TUN queue hold the rest.
+const READ_BYTES: usize = 256 * 1024;
 
 /// Commands handled per wake-up before packets get their turn again.
 const COMMAND_BURST: usize = 256;
@@ -180,11 +185,16 @@ impl Shard {
                 }
                 Event::Packet(Ok(received)) => {
                     running.on_packet(now, &buf[..received.len], received.gso);
+                    let mut read = received.len;
                     // Take whatever else is already waiting, without sleeping, so it joins
                     // the same batch.
                     for _ in 1..READ_BURST {
+                        if read >= READ_BYTES {
+                            break;
+                        }
                         match tun.recv(&mut buf).now_or_never() {
                             Some(Ok(received)) => {
+                                read += received.len;
                                 running.on_packet(now, &buf[..received.len], received.gso)
                             }
                             Some(Err(e)) => {
@@ -578,5 +588,21 @@ pub fn route_control(frame: &[u8], shards: usize) -> Option<(usize, ControlMessa
             ControlMessage::Reset(reset),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wire::{MAX_META_LEN, MAX_PACKET_LEN, area_entry_len};
+
+    #[test]
+    fn one_read_burst_fits_an_empty_encoder_queue() {
+        // A burst stops once it has read READ_BYTES, so its last read can overshoot by one
+        // largest packet; all of it must fit the queue the flush before it emptied.
+        let burst = READ_BYTES + area_entry_len(MAX_PACKET_LEN, MAX_META_LEN);
+        assert!(burst <= EncoderConfig::default().max_queue_bytes);
+        // ...and a burst of full-size super-packets would not have.
+        assert!(READ_BURST * MAX_PACKET_LEN > EncoderConfig::default().max_queue_bytes);
     }
 }
