@@ -132,9 +132,11 @@ pub fn report(state: &State) -> String {
                 let stats = c.stats();
                 let _ = writeln!(
                     out,
-                    "  QUIC: UDP datagrams in {} out {}  packets lost {}  congestion events {}  DATAGRAM frames in {}",
+                    "  QUIC: UDP datagrams in {} ({} receive calls) out {} ({} send calls)  packets lost {}  congestion events {}  DATAGRAM frames in {}",
                     stats.udp_rx.datagrams,
+                    stats.udp_rx.ios,
                     stats.udp_tx.datagrams,
+                    stats.udp_tx.ios,
                     stats.path.lost_packets,
                     stats.path.congestion_events,
                     stats.frame_rx.datagram,

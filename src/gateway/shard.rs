@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ const READ_BURST: usize = 48;
 /// encoder's queue (its `max_queue_bytes`, 1 MiB by default), which refuses (drops) what does
 /// not fit: stop reading well before that, and let the TUN queue hold the rest.
 const READ_BYTES: usize = 256 * 1024;
+/// Size of each zeroed block datagrams are encoded into: room for a few 64 KiB batches.
+const WAN_ARENA: usize = 256 * 1024;
 
 /// Commands handled per wake-up before packets get their turn again.
 const COMMAND_BURST: usize = 256;
@@ -139,8 +141,11 @@ struct Running {
     shard: Shard,
     states: Vec<Option<PeerState>>,
     malformed_log: MalformedLog,
-    /// Scratch for one datagram or one restored packet.
-    out: Vec<u8>,
+    /// Zeroed memory the encoder writes datagrams into; each is split off as the `Bytes`
+    /// quinn queues, so a datagram costs neither a copy nor an allocation of its own.
+    wan: BytesMut,
+    /// The datagrams of one flush, handed to quinn together (see [`Running::flush`]).
+    datagrams: Vec<Bytes>,
     /// Scratch for control messages.
     control: Vec<u8>,
     /// Scratch for one segment of a super-packet cut in software.
@@ -157,7 +162,8 @@ impl Shard {
             shard: self,
             states: (0..peers).map(|_| None).collect(),
             malformed_log: MalformedLog::default(),
-            out: vec![0; 65_536],
+            wan: BytesMut::new(),
+            datagrams: Vec::new(),
             control: vec![0; 64],
             segment: Vec::with_capacity(65_536),
         };
@@ -427,22 +433,26 @@ impl Running {
                 continue;
             };
             let counters = &self.shard.counters[peer];
-            // Re-read the datagram size before each send: path MTU discovery changes it.
+            // Re-read the datagram size before each datagram: path MTU discovery changes it.
             while let Some(max) = state.link.conn.max_datagram_size() {
-                let Some(n) = state.encoder.poll_datagram(now, max, &mut self.out) else {
+                if self.wan.len() < max {
+                    self.wan = BytesMut::zeroed(WAN_ARENA);
+                }
+                let Some(n) = state.encoder.poll_datagram(now, max, &mut self.wan) else {
                     break;
                 };
                 add(&counters.wan_out_datagrams, 1);
                 add(&counters.wan_out_bytes, n as u64);
+                self.datagrams.push(self.wan.split_to(n).freeze());
+            }
+            // Encode first, send after: quinn's connection task, woken by the first send,
+            // then finds the whole flush queued and can put it in one GSO send call, where
+            // datagrams handed over one by one as they are encoded each went out on their own.
+            for datagram in self.datagrams.drain(..) {
                 // Wait for room in quinn's datagram buffer rather than have it drop queued
                 // datagrams: back-pressure reaches the TUN queue and the inner TCP slows down,
                 // instead of losing packets and retransmitting them over the WAN.
-                if let Err(e) = state
-                    .link
-                    .conn
-                    .send_datagram_wait(Bytes::copy_from_slice(&self.out[..n]))
-                    .await
-                {
+                if let Err(e) = state.link.conn.send_datagram_wait(datagram).await {
                     add(&counters.send_errors, 1);
                     tracing::debug!(error = %e, "datagram not sent");
                 }
