@@ -27,7 +27,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use sluice::core::dedupe::encode::Encoded;
+use sluice::core::dedupe::encode::{Encoded, Trail};
 use sluice::core::dedupe::{DEFAULT_MIN_MATCH, DecoderCache, DedupeConfig, EncoderCache, Place};
 
 const CORPUS_LEN: usize = 16 << 20;
@@ -345,6 +345,7 @@ fn fetch_table(corpus: &[u8]) {
     println!("| transfer | lz4 alone | dedupe + lz4 | ratio | references | matched bytes |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut first = 0;
+    let mut trail = Trail::default();
     for (name, bytes, seed) in [
         ("first", corpus, 1),
         ("repeat", corpus, 2),
@@ -355,7 +356,7 @@ fn fetch_table(corpus: &[u8]) {
         for area in packetize(bytes, seed) {
             plain += lz4(&area);
             let place = enc.reserve(area.len());
-            packed += match enc.encode(place, &area, &mut stream) {
+            packed += match enc.encode_after(place, &area, &mut stream, &mut trail) {
                 Encoded::Plain => lz4(&area),
                 Encoded::Stream => lz4(&stream),
             };

@@ -477,22 +477,21 @@ fn dedupe_makes_repeat_fetches_cheap_and_survives_a_restart() {
     let version = fetch("http://10.2.0.2:8080/docs-v2.tar", &edited);
     let status = sites::status(&topo, &topo.gw_b, &g.b);
     eprintln!("{status}");
-    // The issue asks for at most 10% of the first fetch. Measured here: 17-18% — the
-    // first fetch itself is deduplicated (the docs repeat themselves: 76% of its bytes were
-    // references), so it costs only 0.06 of its payload, and the repeat still pays a
-    // reference per ~2.8 KB. Against the payload, the repeat costs about 1.1%. The bounds
-    // below are what the code does with margin, not the issue's target (see the issue note).
+    // The issue asks for at most 10% of the first fetch; measured here: 6.6% (was 15-18%
+    // before the encoder followed its trail from one packet to the next, see
+    // `dedupe::encode::Trail`). The first fetch is itself deduplicated (the docs repeat
+    // themselves), so it costs only 0.06 of its payload; the repeat costs about 0.4%.
     assert!(
-        second * 100 <= first * 30,
-        "the second fetch took {second} WAN bytes, more than 30% of the first's {first}"
+        second * 100 <= first * 10,
+        "the second fetch took {second} WAN bytes, more than 10% of the first's {first}"
     );
     assert!(
-        second * 100 <= payload * 3,
-        "the second fetch took {second} WAN bytes, more than 3% of its {payload} payload bytes"
+        second * 100 <= payload,
+        "the second fetch took {second} WAN bytes, more than 1% of its {payload} payload bytes"
     );
     assert!(
-        version * 2 <= first,
-        "the edited version took {version} WAN bytes, not clearly less than the first's {first}"
+        version * 5 <= first,
+        "the edited version took {version} WAN bytes, more than 20% of the first's {first}"
     );
     assert!(
         status.contains("references rejected 0") || !status.contains("references rejected"),

@@ -7,12 +7,12 @@
 //!   only copy bytes the ring holds for that epoch (checked: a stream made only of references
 //!   must reproduce ring contents).
 //! - mode odd: the rest split into areas by one-byte length prefixes (times 64), each sent
-//!   through an encoder cache and expanded by a decoder cache: what comes out must equal what
-//!   went in, references or not.
+//!   through an encoder cache (following its trail from one area to the next) and expanded by
+//!   a decoder cache: what comes out must equal what went in, references or not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::core::dedupe::encode::Encoded;
+use sluice::core::dedupe::encode::{Encoded, Trail};
 use sluice::core::dedupe::{DecoderCache, DedupeConfig, EncoderCache, Place};
 
 fn pair() -> (EncoderCache, DecoderCache) {
@@ -23,10 +23,16 @@ fn pair() -> (EncoderCache, DecoderCache) {
     (enc, dec)
 }
 
-fn send(enc: &EncoderCache, dec: &DecoderCache, area: &[u8], stream: &mut Vec<u8>) {
+fn send(
+    enc: &EncoderCache,
+    dec: &DecoderCache,
+    area: &[u8],
+    stream: &mut Vec<u8>,
+    trail: &mut Trail,
+) {
     let place = enc.reserve(area.len());
     let mut out = vec![0u8; area.len()];
-    match enc.encode(place, area, stream) {
+    match enc.encode_after(place, area, stream, trail) {
         Encoded::Plain => out.copy_from_slice(area),
         Encoded::Stream => {
             dec.expand(place, stream, &mut out)
@@ -53,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
             let area: Vec<u8> = (0..3000u32)
                 .map(|i| (i as u8) ^ seed.wrapping_mul(77))
                 .collect();
-            send(&enc, &dec, &area, &mut stream);
+            send(&enc, &dec, &area, &mut stream, &mut Trail::default());
         }
         let place = Place {
             epoch: u16::from(rest[0] & 1),
@@ -65,11 +71,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = dec.poll_request();
     } else {
         let mut at = 0;
+        let mut trail = Trail::default();
         while at < rest.len() {
             let len = (usize::from(rest[at]) * 64).min(rest.len() - at - 1);
             let area = &rest[at + 1..at + 1 + len];
             if !area.is_empty() && enc.wants(area.len()) {
-                send(&enc, &dec, area, &mut stream);
+                send(&enc, &dec, area, &mut stream, &mut trail);
             }
             at += 1 + len;
         }

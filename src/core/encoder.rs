@@ -263,6 +263,8 @@ pub struct Encoder {
     dedupe: Option<Arc<EncoderCache>>,
     /// Scratch for one block's dedupe stream.
     dedupe_stream: Vec<u8>,
+    /// Where this encoder's last reference ended (see [`dedupe::encode::Trail`]).
+    dedupe_trail: dedupe::encode::Trail,
     /// Placed blocks not yet acked, by sequence number modulo [`IN_FLIGHT`].
     in_flight: Box<[InFlight]>,
     /// Datagrams each block was sent in, by sequence number modulo [`SENT_RING`], for the
@@ -313,6 +315,7 @@ impl Encoder {
             announce: true,
             dedupe: None,
             dedupe_stream: Vec::new(),
+            dedupe_trail: Default::default(),
             in_flight: vec![
                 InFlight {
                     seq: 0,
@@ -626,7 +629,9 @@ impl Encoder {
         {
             let place = cache.reserve(area.len());
             header.place = Some(place);
-            if cache.encode(place, area, &mut self.dedupe_stream) == Encoded::Stream {
+            if cache.encode_after(place, area, &mut self.dedupe_stream, &mut self.dedupe_trail)
+                == Encoded::Stream
+            {
                 header.stream_len = Some(self.dedupe_stream.len());
                 input = &self.dedupe_stream;
             }
