@@ -421,7 +421,8 @@ impl Scan<'_> {
         // The same for the longest reference of the block so far, and its length.
         let mut long_repeat: Option<i128> = None;
         let mut longest = 0;
-        // A reference was made and no anchor after it has looked near its source yet.
+        // A reference was made (or a trail given) and no anchor after it has looked near its
+        // source yet.
         let mut near_pending = repeat.is_some();
         let mut batch = [Anchor::default(); BATCH];
         while next <= last {
