@@ -132,7 +132,7 @@ pub fn report(state: &State) -> String {
                 let stats = c.stats();
                 let _ = writeln!(
                     out,
-                    "  QUIC: UDP datagrams in {} ({} receive calls) out {} ({} send calls)  packets lost {}  congestion events {}  DATAGRAM frames in {}",
+                    "  QUIC: UDP datagrams in {} ({} receive calls) out {} ({} send calls)  packets lost {}  congestion events {}  DATAGRAM frames in {} (dropped, shard queue full: {})",
                     stats.udp_rx.datagrams,
                     stats.udp_rx.ios,
                     stats.udp_tx.datagrams,
@@ -140,6 +140,9 @@ pub fn report(state: &State) -> String {
                     stats.path.lost_packets,
                     stats.path.congestion_events,
                     stats.frame_rx.datagram,
+                    session
+                        .shard_queue_full
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 );
             }
             None => {

@@ -56,6 +56,9 @@ pub struct SessionStatus {
     pub link: Mutex<Option<Link>>,
     /// Connections established so far.
     pub connects: std::sync::atomic::AtomicU64,
+    /// Datagrams dropped on arrival because their shard's queue was full (the shard could
+    /// not keep up).
+    pub shard_queue_full: std::sync::atomic::AtomicU64,
     /// The last reason a connection ended or a dial failed.
     pub last_error: Mutex<Option<String>>,
 }
@@ -135,7 +138,7 @@ pub async fn run(
         loop {
             generation += 1;
             let wiring = CancellationToken::new();
-            let link = wire_up(index, generation, current, &shared, &wiring).await;
+            let link = wire_up(index, generation, current, &shared, &status, &wiring).await;
             let conn = link.conn.clone();
             let remote_instance = link.instance;
             tracing::info!(
@@ -298,6 +301,7 @@ async fn wire_up(
     generation: u64,
     est: Established,
     shared: &Arc<Shared>,
+    status: &Arc<SessionStatus>,
     stop: &CancellationToken,
 ) -> Wired {
     let (control_tx, mut control_rx) = mpsc::channel::<Vec<u8>>(CONTROL_QUEUE);
@@ -327,6 +331,7 @@ async fn wire_up(
         let conn = est.conn.clone();
         let shards = shared.shards.clone();
         let stop = stop.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             loop {
                 let bytes: Bytes = tokio::select! {
@@ -341,12 +346,17 @@ async fn wire_up(
                 };
                 let target = usize::from(remote) % n;
                 // Never block the reader on one busy shard: drop instead (the inner TCP
-                // retransmits, and the shard's decoder counts the gap).
-                let _ = shards[target].try_send(Command::Datagram {
+                // retransmits, the shard's decoder counts the gap, `sluice status` the drop).
+                let queued = shards[target].try_send(Command::Datagram {
                     peer,
                     generation,
                     bytes,
                 });
+                if let Err(mpsc::error::TrySendError::Full(_)) = queued {
+                    status
+                        .shard_queue_full
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         });
     }
