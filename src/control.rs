@@ -132,7 +132,7 @@ pub fn report(state: &State) -> String {
                 let stats = c.stats();
                 let _ = writeln!(
                     out,
-                    "  QUIC: UDP datagrams in {} ({} receive calls) out {} ({} send calls)  packets lost {}  congestion events {}  DATAGRAM frames in {} (dropped, shard queue full: {})",
+                    "  QUIC: UDP datagrams in {} ({} receive calls) out {} ({} send calls)  packets lost {}  congestion events {}  DATAGRAM frames in {} (lost in quinn's receive buffer or still there {}, dropped for a full shard queue {})",
                     stats.udp_rx.datagrams,
                     stats.udp_rx.ios,
                     stats.udp_tx.datagrams,
@@ -140,6 +140,11 @@ pub fn report(state: &State) -> String {
                     stats.path.lost_packets,
                     stats.path.congestion_events,
                     stats.frame_rx.datagram,
+                    stats.frame_rx.datagram.saturating_sub(
+                        session
+                            .datagrams_read
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    ),
                     session
                         .shard_queue_full
                         .load(std::sync::atomic::Ordering::Relaxed),

@@ -14,6 +14,7 @@
 //!   shard byte, a control reader routes acks and resets, and a control writer sends what
 //!   the shards queue.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,8 +57,12 @@ pub struct SessionStatus {
     pub link: Mutex<Option<Link>>,
     /// Connections established so far.
     pub connects: std::sync::atomic::AtomicU64,
-    /// Datagrams dropped on arrival because their shard's queue was full (the shard could
-    /// not keep up).
+    /// Datagrams of the live connection read from quinn's receive buffer: quinn's count of
+    /// DATAGRAM frames received minus this is what its buffer dropped (it drops the oldest
+    /// when the reader falls behind) or still holds.
+    pub datagrams_read: std::sync::atomic::AtomicU64,
+    /// Of those, datagrams dropped because their shard's queue was full (the shard could not
+    /// keep up).
     pub shard_queue_full: std::sync::atomic::AtomicU64,
     /// The last reason a connection ended or a dial failed.
     pub last_error: Mutex<Option<String>>,
@@ -332,6 +337,8 @@ async fn wire_up(
         let shards = shared.shards.clone();
         let stop = stop.clone();
         let status = status.clone();
+        status.datagrams_read.store(0, Ordering::Relaxed);
+        status.shard_queue_full.store(0, Ordering::Relaxed);
         tokio::spawn(async move {
             loop {
                 let bytes: Bytes = tokio::select! {
@@ -341,6 +348,7 @@ async fn wire_up(
                         Err(_) => return,
                     },
                 };
+                status.datagrams_read.fetch_add(1, Ordering::Relaxed);
                 let Some(&remote) = bytes.get(2) else {
                     continue;
                 };
@@ -353,9 +361,7 @@ async fn wire_up(
                     bytes,
                 });
                 if let Err(mpsc::error::TrySendError::Full(_)) = queued {
-                    status
-                        .shard_queue_full
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    status.shard_queue_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
