@@ -164,10 +164,10 @@ pub struct Tuning {
     /// 0.1 s at 20 Mbit/s (quinn's own 1 MiB default is ~0.8 s at 10 Mbit/s).
     pub datagram_send_buffer: usize,
     /// Bytes of received datagrams quinn holds until the application reads them; beyond it the
-    /// oldest are dropped. The default 4 MiB holds everything the UDP socket can (2 MiB of
-    /// `SO_RCVBUF`, which Linux doubles for its accounting: about 2.6 MB of MTU-sized
-    /// datagrams), so a gateway that stalls (a preempted vCPU, a busy Raspberry Pi) catches
-    /// up without losing what the kernel already accepted. At 1 MiB, 8 s iperf3 runs in the
+    /// oldest are dropped. The default 4 MiB is at least what the UDP socket holds (2 MiB of
+    /// `SO_RCVBUF`, which Linux doubles and charges per buffer, not per payload byte, so it
+    /// holds less than 4 MiB of datagrams), so a gateway that stalls (a preempted vCPU, a busy
+    /// Raspberry Pi) catches up without losing what the kernel already accepted. At 1 MiB, 8 s iperf3 runs in the
     /// bench topology under CPU steal lost up to 709 datagrams (each a whole block) in this
     /// buffer; at 2 and 4 MiB none, with throughput and ping times unchanged within noise.
     pub datagram_receive_buffer: usize,
