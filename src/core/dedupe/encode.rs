@@ -695,9 +695,10 @@ mod tests {
         let random = (0..4000)
             .filter(|&s| anchor_mask(&bytes, s, 1) == 1)
             .count();
+        // The bounds the test had at one in 32 (60..200 around 125), scaled to the rate.
         let expected = 4000 >> SAMPLE_BITS;
         assert!(
-            (expected / 2..expected * 2).contains(&random),
+            (expected / 2..expected * 8 / 5).contains(&random),
             "{random} anchors in 4000 random positions, about {expected} expected"
         );
         assert!(anchors > 0);

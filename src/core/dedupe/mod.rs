@@ -59,9 +59,8 @@ use super::varint;
 /// anything, so on traffic that never repeats the anchor rate sets dedupe's cost. `cargo bench
 /// --bench dedupe` (2-vCPU AMD EPYC guest), 5 -> 6 -> 7: random areas 595 -> 970 -> 910 MiB/s;
 /// the bench's repeat transfer 0.051 -> 0.046 -> 0.085 of the first one's WAN bytes, the new
-/// version 0.058 -> 0.054 -> 0.088, the first transfer itself 5% larger at 6 than at 5 (fewer
-/// of the short repeats inside it are found). Beyond 6 the scan of every byte dominates and
-/// matches are missed.
+/// version 0.058 -> 0.054 -> 0.088, the first transfer itself 5% larger at 6 than at 5. At 7
+/// the scan was no faster and missed matches.
 pub const SAMPLE_BITS: u32 = 6;
 
 /// Bytes hashed into an index key; the shortest range a lookup can find.
