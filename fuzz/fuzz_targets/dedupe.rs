@@ -7,12 +7,13 @@
 //!   only copy bytes the ring holds for that epoch (checked: a stream made only of references
 //!   must reproduce ring contents).
 //! - mode odd: the rest split into areas by one-byte length prefixes (times 64), each sent
-//!   through an encoder cache (following its trail from one area to the next) and expanded by
-//!   a decoder cache: what comes out must equal what went in, references or not.
+//!   through an encoder cache (following its trail from one area to the next; dense anchors for
+//!   an even length byte, sparse for an odd one) and expanded by a decoder cache: what comes
+//!   out must equal what went in, references or not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::core::dedupe::encode::{Encoded, Trail};
+use sluice::core::dedupe::encode::{Density, Encoded, Trail};
 use sluice::core::dedupe::{DecoderCache, DedupeConfig, EncoderCache, Place};
 
 fn pair() -> (EncoderCache, DecoderCache) {
@@ -29,10 +30,11 @@ fn send(
     area: &[u8],
     stream: &mut Vec<u8>,
     trail: &mut Trail,
+    density: Density,
 ) {
     let place = enc.reserve(area.len());
     let mut out = vec![0u8; area.len()];
-    match enc.encode_after(place, area, stream, trail) {
+    match enc.encode_after(place, area, stream, trail, density) {
         Encoded::Plain => out.copy_from_slice(area),
         Encoded::Stream => {
             dec.expand(place, stream, &mut out)
@@ -59,7 +61,14 @@ fuzz_target!(|data: &[u8]| {
             let area: Vec<u8> = (0..3000u32)
                 .map(|i| (i as u8) ^ seed.wrapping_mul(77))
                 .collect();
-            send(&enc, &dec, &area, &mut stream, &mut Trail::default());
+            send(
+                &enc,
+                &dec,
+                &area,
+                &mut stream,
+                &mut Trail::default(),
+                Density::Dense,
+            );
         }
         let place = Place {
             epoch: u16::from(rest[0] & 1),
@@ -75,8 +84,14 @@ fuzz_target!(|data: &[u8]| {
         while at < rest.len() {
             let len = (usize::from(rest[at]) * 64).min(rest.len() - at - 1);
             let area = &rest[at + 1..at + 1 + len];
+            // Odd length bytes scan sparsely: areas indexed one way are looked up the other.
+            let density = if rest[at] % 2 == 1 {
+                Density::Sparse
+            } else {
+                Density::Dense
+            };
             if !area.is_empty() && enc.wants(area.len()) {
-                send(&enc, &dec, area, &mut stream, &mut trail);
+                send(&enc, &dec, area, &mut stream, &mut trail, density);
             }
             at += 1 + len;
         }

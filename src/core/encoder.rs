@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use super::Timestamp;
 use super::compress::{Codec, Compressor};
-use super::dedupe::encode::Encoded;
+use super::dedupe::encode::{Density, Encoded};
 use super::dedupe::{self, EncoderCache, Place};
 use super::packet;
 use super::stats::EncoderStats;
@@ -629,8 +629,19 @@ impl Encoder {
         {
             let place = cache.reserve(area.len());
             header.place = Some(place);
-            if cache.encode_after(place, area, &mut self.dedupe_stream, &mut self.dedupe_trail)
-                == Encoded::Stream
+            // Flows the trial found incompressible are scanned sparsely (see [`Density`]).
+            let density = if qi == BYPASS {
+                Density::Sparse
+            } else {
+                Density::Dense
+            };
+            if cache.encode_after(
+                place,
+                area,
+                &mut self.dedupe_stream,
+                &mut self.dedupe_trail,
+                density,
+            ) == Encoded::Stream
             {
                 header.stream_len = Some(self.dedupe_stream.len());
                 input = &self.dedupe_stream;

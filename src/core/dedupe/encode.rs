@@ -5,7 +5,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::ring::{self, CHUNK, Ring};
-use super::{DedupeConfig, KEY_LEN, MIN_AREA, Place, SAMPLE_BITS, push_literal, push_reference};
+use super::{
+    DedupeConfig, KEY_LEN, MIN_AREA, Place, SAMPLE_BITS, SPARSE_SAMPLE_BITS, push_literal,
+    push_reference,
+};
 
 /// Multipliers of the anchor hash, one per byte of its window (odd, with well-spread bits).
 const ANCHOR_MUL: [u16; ANCHOR_WINDOW] = [0x9E37, 0x7F4B, 0x58A5, 0xC2B3];
@@ -96,6 +99,31 @@ pub struct EncoderCache {
 /// copy, in pieces, while the older copy of the whole transfer went on matching.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Trail(Option<u64>);
+
+/// How many positions of an area are anchors (looked up and indexed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Density {
+    /// One in 2^[`SAMPLE_BITS`]: data that compresses (text, markup, binaries), whose repeats
+    /// are often phrases repeated inside the data itself, short and many.
+    #[default]
+    Dense,
+    /// One in 2^[`SPARSE_SAMPLE_BITS`], a subset of the dense anchors: data the compressor
+    /// found incompressible (compressed files, media, encrypted streams). It does not repeat
+    /// inside itself, so one anchor still finds a whole earlier copy, which the match then
+    /// extends over backwards and forwards; fewer anchors mean fewer index cache misses on
+    /// bytes that, being encrypted, mostly never come again.
+    Sparse,
+}
+
+impl Density {
+    /// Anchor hashes below this mark anchors.
+    const fn below(self) -> u16 {
+        match self {
+            Density::Dense => 1 << (16 - SAMPLE_BITS),
+            Density::Sparse => 1 << (16 - SPARSE_SAMPLE_BITS),
+        }
+    }
+}
 
 /// Outcome of [`EncoderCache::encode`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,20 +261,23 @@ impl EncoderCache {
             .then(|| self.epoch())
     }
 
-    /// Stores `area` at `place` and scans it. [`Encoded::Stream`]: `out` holds literals and
-    /// references, shorter than `area`; [`Encoded::Plain`]: send `area` itself.
+    /// Stores `area` at `place` and scans it with [`Density::Dense`] anchors.
+    /// [`Encoded::Stream`]: `out` holds literals and references, shorter than `area`;
+    /// [`Encoded::Plain`]: send `area` itself.
     pub fn encode(&self, place: Place, area: &[u8], out: &mut Vec<u8>) -> Encoded {
-        self.encode_after(place, area, out, &mut Trail::default())
+        self.encode_after(place, area, out, &mut Trail::default(), Density::Dense)
     }
 
-    /// [`EncoderCache::encode`], first looking for the area's bytes where the previous area's
-    /// last reference ended (`trail`), which it then updates.
+    /// [`EncoderCache::encode`] with anchors of the given `density`, first looking for the
+    /// area's bytes where the previous area's last reference ended (`trail`), which it then
+    /// updates.
     pub fn encode_after(
         &self,
         place: Place,
         area: &[u8],
         out: &mut Vec<u8>,
         trail: &mut Trail,
+        density: Density,
     ) -> Encoded {
         self.ring.store(place.pos, area, 0);
         out.clear();
@@ -259,6 +290,7 @@ impl EncoderCache {
             place_offset: self.ring.offset(place.pos),
             // A reset since the place was taken: nothing of this epoch is worth looking up.
             search: (head >> POS_BITS) as u16 == place.epoch,
+            below: density.below(),
             lookups: 0,
             hits: 0,
             matched: 0,
@@ -295,8 +327,8 @@ impl EncoderCache {
     }
 }
 
-/// Hash deciding whether a position is an anchor: below [`ANCHOR_BELOW`] (its top
-/// [`SAMPLE_BITS`] bits zero). 16 bits wide so that the hashes of neighbouring positions are
+/// Hash deciding whether a position is an anchor: below [`Density::below`] (its top
+/// [`SAMPLE_BITS`] or [`SPARSE_SAMPLE_BITS`] bits zero). 16 bits wide so that the hashes of neighbouring positions are
 /// computed side by side, eight to a 128-bit vector register.
 #[inline]
 fn anchor_hash(w: &[u8]) -> u16 {
@@ -306,9 +338,6 @@ fn anchor_hash(w: &[u8]) -> u16 {
         .wrapping_add(term(2))
         .wrapping_add(term(3))
 }
-
-/// Anchor hashes below this (one in 2^[`SAMPLE_BITS`] on random data) mark anchors.
-const ANCHOR_BELOW: u16 = 1 << (16 - SAMPLE_BITS);
 
 /// Index key of the [`KEY_LEN`] bytes at an anchor.
 #[inline]
@@ -323,20 +352,21 @@ fn key_hash(bytes: &[u8; KEY_LEN]) -> u64 {
     h ^ (h >> 32)
 }
 
-/// Which of the `count` (at most 64) positions from `start` are anchors, as bits; every
+/// Which of the `count` (at most 64) positions from `start` are anchors (hash below `below`),
+/// as bits; every
 /// position needs [`ANCHOR_WINDOW`] bytes of `area` from it. For a whole 64 the hashes and tests
 /// go into arrays first, a shape the compiler vectorises (a 64-bit hash per position shifted
 /// into the mask ran encode_random at 294-353 MiB/s, this at 425-453); the flags are then
 /// packed eight at a time with a multiply.
 #[inline]
-fn anchor_mask(area: &[u8], start: usize, count: usize) -> u64 {
+fn anchor_mask(area: &[u8], start: usize, count: usize, below: u16) -> u64 {
     let mut mask = 0;
     if count == 64 {
         const SPAN: usize = 64 + ANCHOR_WINDOW - 1;
         let bytes: &[u8; SPAN] = area[start..start + SPAN].try_into().expect("span");
         let mut flags = [0u8; 64];
         for (k, flag) in flags.iter_mut().enumerate() {
-            *flag = u8::from(anchor_hash(&bytes[k..k + ANCHOR_WINDOW]) < ANCHOR_BELOW);
+            *flag = u8::from(anchor_hash(&bytes[k..k + ANCHOR_WINDOW]) < below);
         }
         for (j, eight) in flags.chunks_exact(8).enumerate() {
             // Bytes of 0 or 1: the multiply gathers bit 0 of byte i into bit 56 + i.
@@ -346,7 +376,7 @@ fn anchor_mask(area: &[u8], start: usize, count: usize) -> u64 {
     } else {
         for k in 0..count {
             let at = start + k;
-            mask |= u64::from(anchor_hash(&area[at..at + ANCHOR_WINDOW]) < ANCHOR_BELOW) << k;
+            mask |= u64::from(anchor_hash(&area[at..at + ANCHOR_WINDOW]) < below) << k;
         }
     }
     mask
@@ -392,6 +422,8 @@ struct Scan<'a> {
     head_offset: u64,
     place_offset: usize,
     search: bool,
+    /// Anchor hashes below this mark anchors (see [`Density`]).
+    below: u16,
     lookups: u64,
     hits: u64,
     matched: u64,
@@ -432,7 +464,12 @@ impl Scan<'_> {
             let mut n = 0;
             while next <= last && n + 64 <= BATCH {
                 let count = (last + 1 - next).min(64);
-                let mut mask = anchor_mask(area, next, count);
+                // Each density gets its own copy of the test with the bound as a constant.
+                let mut mask = if self.below == Density::Dense.below() {
+                    anchor_mask(area, next, count, Density::Dense.below())
+                } else {
+                    anchor_mask(area, next, count, Density::Sparse.below())
+                };
                 while mask != 0 {
                     batch[n].at = next + mask.trailing_zeros() as usize;
                     n += 1;
@@ -674,33 +711,46 @@ mod tests {
 
     #[test]
     fn whole_window_mask_equals_the_test_per_position() {
-        let mut bytes = crate::core::dedupe::tests::pseudo_random(4096, 7);
+        let mut bytes = crate::core::dedupe::tests::pseudo_random(16384, 7);
         // Text and a run of zeros too (every position of a zero run is an anchor).
         bytes.extend(
             b"<div class=\"docblock\"><p>Returns the number of elements.</p></div>\n".repeat(20),
         );
         bytes.extend([0u8; 200]);
-        let mut anchors = 0;
-        for start in 0..bytes.len() - 64 - ANCHOR_WINDOW {
-            let fast = anchor_mask(&bytes, start, 64);
-            let slow = (0..64).fold(0u64, |m, k| {
-                let at = start + k;
-                m | u64::from(anchor_hash(&bytes[at..at + ANCHOR_WINDOW]) < ANCHOR_BELOW) << k
-            });
-            assert_eq!(fast, slow, "at {start}");
-            assert_eq!(anchor_mask(&bytes, start, 17), slow & ((1 << 17) - 1));
-            anchors += (fast & 1) as usize;
+        for (density, bits) in [
+            (Density::Dense, SAMPLE_BITS),
+            (Density::Sparse, SPARSE_SAMPLE_BITS),
+        ] {
+            let below = density.below();
+            let mut anchors = 0;
+            for start in 0..bytes.len() - 64 - ANCHOR_WINDOW {
+                let fast = anchor_mask(&bytes, start, 64, below);
+                let slow = (0..64).fold(0u64, |m, k| {
+                    let at = start + k;
+                    m | u64::from(anchor_hash(&bytes[at..at + ANCHOR_WINDOW]) < below) << k
+                });
+                assert_eq!(fast, slow, "at {start}");
+                assert_eq!(
+                    anchor_mask(&bytes, start, 17, below),
+                    slow & ((1 << 17) - 1)
+                );
+                // Sparse anchors are dense anchors too: a copy indexed sparsely is found by
+                // a dense scan, and the other way round.
+                let dense = anchor_mask(&bytes, start, 64, Density::Dense.below());
+                assert_eq!(fast & !dense, 0, "at {start}");
+                anchors += (fast & 1) as usize;
+            }
+            // About one position in 2^bits on the random part: the bounds the test had at one
+            // in 32 over 4000 positions (60..200 around 125), in proportion.
+            let random = (0..16000)
+                .filter(|&s| anchor_mask(&bytes, s, 1, below) == 1)
+                .count();
+            let expected = 16000 >> bits;
+            assert!(
+                (expected / 2..expected * 8 / 5).contains(&random),
+                "{density:?}: {random} anchors in 16000 random positions, about {expected} expected"
+            );
+            assert!(anchors > 0);
         }
-        // About one position in 2^SAMPLE_BITS on the random part.
-        let random = (0..4000)
-            .filter(|&s| anchor_mask(&bytes, s, 1) == 1)
-            .count();
-        // The bounds the test had at one in 32 (60..200 around 125), scaled to the rate.
-        let expected = 4000 >> SAMPLE_BITS;
-        assert!(
-            (expected / 2..expected * 8 / 5).contains(&random),
-            "{random} anchors in 4000 random positions, about {expected} expected"
-        );
-        assert!(anchors > 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Unit tests of one dedupe context: an encoder cache and a decoder cache side by side.
 
-use super::encode::{Encoded, Trail};
+use super::encode::{Density, Encoded, Trail};
 use super::*;
 
 /// Bytes that do not repeat (xorshift), the same for the same `seed`.
@@ -38,13 +38,21 @@ impl Pair {
     /// Sends one area through both ends; `ack` says whether the decoder's ack reaches the
     /// encoder. Returns the bytes on the wire (stream or area) and the restored area.
     fn send(&mut self, area: &[u8], ack: bool) -> (usize, Vec<u8>) {
-        self.send_after(area, ack, &mut Trail::default())
+        self.send_after(area, ack, &mut Trail::default(), Density::Dense)
     }
 
     /// [`Pair::send`] through [`EncoderCache::encode_after`].
-    fn send_after(&mut self, area: &[u8], ack: bool, trail: &mut Trail) -> (usize, Vec<u8>) {
+    fn send_after(
+        &mut self,
+        area: &[u8],
+        ack: bool,
+        trail: &mut Trail,
+        density: Density,
+    ) -> (usize, Vec<u8>) {
         let place = self.enc.reserve(area.len());
-        let kind = self.enc.encode_after(place, area, &mut self.stream, trail);
+        let kind = self
+            .enc
+            .encode_after(place, area, &mut self.stream, trail, density);
         let mut restored = vec![0; area.len()];
         let wire = match kind {
             Encoded::Plain => {
@@ -113,12 +121,12 @@ fn a_repeat_cut_elsewhere_follows_its_first_copy_not_newer_copies_of_its_phrases
     let mut pair = Pair::new(4 << 20);
     let mut trail = Trail::default();
     for area in packets(&data, 5000, 1) {
-        pair.send_after(&area, true, &mut trail);
+        pair.send_after(&area, true, &mut trail, Density::Dense);
     }
     let before = pair.enc.stats().refs;
     let areas = packets(&data, 6100, 2);
     for area in &areas {
-        pair.send_after(area, true, &mut trail);
+        pair.send_after(area, true, &mut trail, Density::Dense);
     }
     let refs = pair.enc.stats().refs - before;
     // A 6100-byte payload lies across at most three packets of the first copy: three
@@ -130,6 +138,68 @@ fn a_repeat_cut_elsewhere_follows_its_first_copy_not_newer_copies_of_its_phrases
         "{refs} references for {} areas",
         areas.len()
     );
+}
+
+#[test]
+fn a_sparsely_scanned_incompressible_transfer_is_found_again_almost_whole() {
+    // A 600 KB compressed file fetched twice, cut into one-packet areas (a lossy link's
+    // blocks: a 64-byte header and 1300 to 1400 payload bytes) at different places each time,
+    // both copies scanned with sparse anchors, one in 256 positions: a packet's payload often
+    // holds five anchors or fewer, and a match must still cover it from its first byte.
+    let file = pseudo_random(600_000, 9);
+    let cut = |seed: u64| {
+        let mut areas = Vec::new();
+        let (mut at, mut k) = (0, 0);
+        while at < file.len() {
+            let len = (1300 + (seed * 37 + k * 53) as usize % 101).min(file.len() - at);
+            let mut area = pseudo_random(64, seed * 100_000 + k);
+            area.extend_from_slice(&file[at..at + len]);
+            areas.push(area);
+            at += len;
+            k += 1;
+        }
+        areas
+    };
+    // (second copy's wire bytes, matched bytes, total bytes) for the densities of both copies.
+    let run = |first: Density, second: Density| {
+        let mut pair = Pair::new(4 << 20);
+        let mut trail = Trail::default();
+        for area in cut(1) {
+            pair.send_after(&area, true, &mut trail, first);
+        }
+        let areas = cut(2);
+        let before = pair.enc.stats().bytes_matched;
+        let wire: usize = areas
+            .iter()
+            .map(|area| pair.send_after(area, true, &mut trail, second).0)
+            .sum();
+        let matched = pair.enc.stats().bytes_matched - before;
+        (
+            wire,
+            matched as usize,
+            areas.iter().map(Vec::len).sum::<usize>(),
+        )
+    };
+    let (dense_wire, ..) = run(Density::Dense, Density::Dense);
+    for (first, second) in [
+        (Density::Sparse, Density::Sparse),
+        (Density::Sparse, Density::Dense),
+        (Density::Dense, Density::Sparse),
+    ] {
+        let (wire, matched, total) = run(first, second);
+        // Headers, 64 of every ~1414 bytes, never match; nor does the odd stretch between
+        // where a first-copy packet ended and the next anchor. Measured: 0.903 to 0.918 of
+        // all bytes matched, 0.918 with dense anchors on both copies.
+        assert!(
+            matched as f64 > 0.88 * total as f64,
+            "{first:?}/{second:?}: {matched} of {total} bytes matched"
+        );
+        // Measured: sparse on both copies sent 1.12 times the bytes of dense on both.
+        assert!(
+            wire * 4 < dense_wire * 5,
+            "{first:?}/{second:?}: {wire} bytes on the wire, dense {dense_wire}"
+        );
+    }
 }
 
 #[test]
