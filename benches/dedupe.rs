@@ -11,6 +11,9 @@
 //! - `encode_fresh`: areas whose own earlier copy is gone (a 4 MiB ring cycling through the
 //!   16 MiB): placement, ring write, anchor scan, index lookups and inserts. The docs repeat
 //!   themselves, so many references are still found within the ring; it prints how many.
+//! - `encode_random`, `encode_random_sparse`: 160 MiB of random bytes (nothing repeats) through
+//!   the default 64 MiB ring with dense and with sparse anchors (`Density`): the cost dedupe
+//!   adds to incompressible traffic.
 //! - `encode_repeat`: the same areas a second time, everything acknowledged in a 64 MiB ring:
 //!   the scan finds and verifies references.
 //! - `decode_plain`: the receiving side of a block without references: the ring write.

@@ -101,11 +101,10 @@ pub struct EncoderCache {
 pub struct Trail(Option<u64>);
 
 /// How many positions of an area are anchors (looked up and indexed).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Density {
     /// One in 2^[`SAMPLE_BITS`]: data that compresses (text, markup, binaries), whose repeats
     /// are often phrases repeated inside the data itself, short and many.
-    #[default]
     Dense,
     /// One in 2^[`SPARSE_SAMPLE_BITS`], a subset of the dense anchors: data the compressor
     /// found incompressible (compressed files, media, encrypted streams). It does not repeat
@@ -290,7 +289,7 @@ impl EncoderCache {
             place_offset: self.ring.offset(place.pos),
             // A reset since the place was taken: nothing of this epoch is worth looking up.
             search: (head >> POS_BITS) as u16 == place.epoch,
-            below: density.below(),
+            density,
             lookups: 0,
             hits: 0,
             matched: 0,
@@ -328,8 +327,8 @@ impl EncoderCache {
 }
 
 /// Hash deciding whether a position is an anchor: below [`Density::below`] (its top
-/// [`SAMPLE_BITS`] or [`SPARSE_SAMPLE_BITS`] bits zero). 16 bits wide so that the hashes of neighbouring positions are
-/// computed side by side, eight to a 128-bit vector register.
+/// [`SAMPLE_BITS`] or [`SPARSE_SAMPLE_BITS`] bits zero). 16 bits wide so that the hashes of
+/// neighbouring positions are computed side by side, eight to a 128-bit vector register.
 #[inline]
 fn anchor_hash(w: &[u8]) -> u16 {
     let term = |j: usize| u16::from(w[j]).wrapping_mul(ANCHOR_MUL[j]);
@@ -353,11 +352,10 @@ fn key_hash(bytes: &[u8; KEY_LEN]) -> u64 {
 }
 
 /// Which of the `count` (at most 64) positions from `start` are anchors (hash below `below`),
-/// as bits; every
-/// position needs [`ANCHOR_WINDOW`] bytes of `area` from it. For a whole 64 the hashes and tests
-/// go into arrays first, a shape the compiler vectorises (a 64-bit hash per position shifted
-/// into the mask ran encode_random at 294-353 MiB/s, this at 425-453); the flags are then
-/// packed eight at a time with a multiply.
+/// as bits; every position needs [`ANCHOR_WINDOW`] bytes of `area` from it. For a whole 64 the
+/// hashes and tests go into arrays first, a shape the compiler vectorises (a 64-bit hash per
+/// position shifted into the mask ran encode_random at 294-353 MiB/s, this at 425-453); the
+/// flags are then packed eight at a time with a multiply.
 #[inline]
 fn anchor_mask(area: &[u8], start: usize, count: usize, below: u16) -> u64 {
     let mut mask = 0;
@@ -422,8 +420,7 @@ struct Scan<'a> {
     head_offset: u64,
     place_offset: usize,
     search: bool,
-    /// Anchor hashes below this mark anchors (see [`Density`]).
-    below: u16,
+    density: Density,
     lookups: u64,
     hits: u64,
     matched: u64,
@@ -465,10 +462,9 @@ impl Scan<'_> {
             while next <= last && n + 64 <= BATCH {
                 let count = (last + 1 - next).min(64);
                 // Each density gets its own copy of the test with the bound as a constant.
-                let mut mask = if self.below == Density::Dense.below() {
-                    anchor_mask(area, next, count, Density::Dense.below())
-                } else {
-                    anchor_mask(area, next, count, Density::Sparse.below())
+                let mut mask = match self.density {
+                    Density::Dense => anchor_mask(area, next, count, Density::Dense.below()),
+                    Density::Sparse => anchor_mask(area, next, count, Density::Sparse.below()),
                 };
                 while mask != 0 {
                     batch[n].at = next + mask.trailing_zeros() as usize;
