@@ -47,6 +47,13 @@ fn ping_both_ways_ipv4_and_ipv6() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // Pings 10 ms apart: each side's ack of what it received rides beside the next packet
+    // it sends (the reply, the next request) instead of waiting 25 ms to go on its own.
+    let out = topo.try_exec(
+        &topo.lan_a,
+        &["ping", "-c", "40", "-i", "0.01", "-W", "2", addr::LAN_B],
+    );
+    assert!(out.status.success(), "40 quick pings");
     // Both sides know each other's endpoint, yet there is exactly one connection.
     for (ns, site) in [(&topo.gw_a, &g.a), (&topo.gw_b, &g.b)] {
         let status = sites::status(&topo, ns, site);
@@ -54,7 +61,26 @@ fn ping_both_ways_ipv4_and_ipv6() {
             status.contains("connected to") && status.contains("connections so far 1 "),
             "one connection, never replaced:\n{status}"
         );
+        let (with_data, on_control) = acks_sent(&status);
+        assert!(
+            with_data >= 30,
+            "acks ride beside the pings ({with_data} did, {on_control} went alone):\n{status}"
+        );
     }
+}
+
+/// The `acks sent: N beside data, M on the control stream` line of `sluice status`.
+fn acks_sent(status: &str) -> (u64, u64) {
+    let line = status
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("acks sent: "))
+        .unwrap_or_else(|| panic!("no acks line in:\n{status}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "two counts in {line:?}");
+    (numbers[0], numbers[1])
 }
 
 #[test]

@@ -227,6 +227,11 @@ pub fn report(state: &State) -> String {
         }
         let _ = writeln!(
             out,
+            "  acks sent: {} beside data, {} on the control stream",
+            t.acks_with_data, t.acks_on_control
+        );
+        let _ = writeln!(
+            out,
             "  drops: source not allowed {}  malformed {}  no link {}  refused {}  send errors {}  bypassed {} packets",
             t.source_not_allowed,
             t.malformed,

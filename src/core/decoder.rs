@@ -91,7 +91,9 @@ pub struct DecoderConfig {
     pub max_held_bytes: usize,
     /// Send an ack after this many restored blocks...
     pub ack_every: u32,
-    /// ...or this long after the first unacknowledged one.
+    /// ...or this long after the first unacknowledged one. Before then, data going back to
+    /// the peer usually takes the ack along ([`Decoder::poll_ack`]), so it costs no packet of
+    /// its own; 25 ms by default, QUIC's default `max_ack_delay`.
     pub ack_delay: Duration,
     /// How long data without a known epoch is tolerated before asking for a reset, and the
     /// least time between two requests.
@@ -106,7 +108,7 @@ impl Default for DecoderConfig {
             reassembly_timeout: Duration::from_millis(500),
             max_held_bytes: 2 * 1024 * 1024,
             ack_every: 8,
-            ack_delay: Duration::from_millis(5),
+            ack_delay: Duration::from_millis(25),
             reset_grace: Duration::from_millis(100),
         }
     }
@@ -943,13 +945,36 @@ impl Decoder {
             buf[..msg.len()].copy_from_slice(&msg);
             return Some(msg.len());
         }
-        let epoch = self.epoch?;
-        let largest = self.largest?;
         let due = self.unacked >= self.config.ack_every.max(1)
             || (self.unacked > 0 && self.ack_due.is_some_and(|t| t <= now));
         if !due {
             return None;
         }
+        self.take_ack(buf)
+    }
+
+    /// Writes an ack for every restored block not yet acknowledged into `buf`, whatever
+    /// [`DecoderConfig::ack_every`] and [`DecoderConfig::ack_delay`] would wait for, and returns
+    /// its length; `None` when every restored block was already acknowledged. For the IO layer
+    /// to send beside data going to the same peer, where the ack rides in a packet that goes
+    /// anyway instead of costing one of its own (and the peer's ack of that one).
+    ///
+    /// Unlike [`Decoder::poll_control`]'s messages, this ack may travel unreliably: acks are
+    /// cumulative, and the 64-bit bitmap of the next one covers a lost one.
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`wire::ACK_LEN`].
+    pub fn poll_ack(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.unacked == 0 {
+            return None;
+        }
+        self.take_ack(buf)
+    }
+
+    /// Writes the ack of everything restored so far and clears what was waiting for one.
+    fn take_ack(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let epoch = self.epoch?;
+        let largest = self.largest?;
         self.unacked = 0;
         self.ack_due = None;
         self.stats.acks_sent += 1;

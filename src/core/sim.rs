@@ -333,6 +333,12 @@ struct Sim {
     link: Link,
     /// Control messages in flight: (delivery time, to the decoder?, bytes).
     control: VecDeque<(Timestamp, bool, Vec<u8>)>,
+    /// With [`Sim::with_acks_as_datagrams`]: the way back, on which the decoder's acks travel
+    /// as datagrams at every step (as the IO layer sends them beside data going back).
+    back: Option<Link>,
+    /// Acks the decoder sent on the control path, and as datagrams.
+    acks_on_control: u64,
+    acks_as_datagrams: u64,
     /// Datagram size offered on each send, cycled (path MTU changes).
     datagram_sizes: Vec<usize>,
     sends: usize,
@@ -356,6 +362,9 @@ impl Sim {
             decoder_config,
             link: Link::new(seed ^ 0x5eed, imp),
             control: VecDeque::new(),
+            back: None,
+            acks_on_control: 0,
+            acks_as_datagrams: 0,
             datagram_sizes,
             sends: 0,
             block_packets: HashMap::new(),
@@ -377,6 +386,34 @@ impl Sim {
         (enc, dec)
     }
 
+    /// Sends the decoder's acks as datagrams over a link impaired like `imp`, instead of
+    /// waiting for them on the control path. `imp` must not corrupt: the transports
+    /// authenticate every datagram, and an ack (unlike a block) has no checksum of its own.
+    fn with_acks_as_datagrams(&mut self, seed: u64, imp: Impairments) {
+        assert_eq!(
+            imp.corrupt, 0.0,
+            "acks rely on the transport's authentication"
+        );
+        self.back = Some(Link::new(seed, imp));
+    }
+
+    /// Moves acks over the way back, if acks travel as datagrams.
+    fn pump_acks(&mut self) {
+        let Some(back) = self.back.as_mut() else {
+            return;
+        };
+        while let Some(n) = self.decoder.poll_ack(&mut self.buf) {
+            self.acks_as_datagrams += 1;
+            back.send(self.now, &self.buf[..n]);
+        }
+        for datagram in back.due(self.now) {
+            match wire::parse(&datagram).expect("the way back carries only acks") {
+                Message::Ack(ack) => self.encoder.handle_ack(self.now, ack),
+                other => panic!("unexpected datagram on the way back: {other:?}"),
+            }
+        }
+    }
+
     /// Moves control messages from both endpoints onto the (reliable, in-order) control path.
     fn pump_control(&mut self) {
         let delay = self.link.imp.delay;
@@ -385,6 +422,9 @@ impl Sim {
                 .push_back((self.now + delay, true, self.buf[..n].to_vec()));
         }
         while let Some(n) = self.decoder.poll_control(self.now, &mut self.buf) {
+            if self.buf[1] == wire::MessageType::Ack as u8 {
+                self.acks_on_control += 1;
+            }
             self.control
                 .push_back((self.now + delay, false, self.buf[..n].to_vec()));
         }
@@ -436,6 +476,7 @@ impl Sim {
             let packet = self.buf[..n].to_vec();
             self.checker.check(traffic, &packet);
         }
+        self.pump_acks();
         self.pump_control();
     }
 
@@ -445,6 +486,7 @@ impl Sim {
             self.now = self.now + step;
             self.step(traffic);
             if self.link.in_flight.is_empty()
+                && self.back.as_ref().is_none_or(|b| b.in_flight.is_empty())
                 && self.control.is_empty()
                 && self.encoder.is_idle()
                 && self.decoder.poll_timeout().is_none()
@@ -938,6 +980,128 @@ fn dedupe_is_exact_and_saves_under_loss() {
         assert!(
             (wire_bytes[1] as f64) < wire_bytes[0] as f64 * limit,
             "loss {loss}: dedupe saves at least {limit}: {wire_bytes:?}"
+        );
+    }
+}
+
+/// `poll_ack` hands over at once the ack that `poll_control` keeps until `ack_delay`, and
+/// the same ack is never sent twice.
+#[test]
+fn an_ack_beside_data_goes_at_once_and_only_once() {
+    let config = DecoderConfig::default();
+    let mut encoder = Encoder::new(EncoderConfig::default(), 0, 7).unwrap();
+    let mut decoder = Decoder::new(config.clone(), 0).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let t0 = Timestamp::ZERO;
+    let n = encoder.poll_control(&mut buf).unwrap();
+    let Ok(Message::Reset(reset)) = wire::parse(&buf[..n]) else {
+        panic!("announce")
+    };
+    decoder.handle_reset(t0, reset);
+    assert_eq!(decoder.poll_ack(&mut buf), None, "nothing restored yet");
+
+    encoder.handle_packet(t0, &sized_packet(1, 300, 1)).unwrap();
+    let n = encoder.poll_datagram(t0, 1400, &mut buf).unwrap();
+    let datagram = buf[..n].to_vec();
+    decoder.handle_datagram(t0, &datagram).unwrap();
+    assert_eq!(decoder.poll_packet(&mut buf), Some(300));
+    assert_eq!(decoder.poll_control(t0, &mut buf), None, "one block waits");
+    assert_eq!(decoder.poll_timeout(), Some(t0 + config.ack_delay));
+
+    let n = decoder.poll_ack(&mut buf).expect("an ack at once");
+    let Ok(Message::Ack(ack)) = wire::parse(&buf[..n]) else {
+        panic!("an ack")
+    };
+    assert_eq!((ack.id.shard, ack.id.seq), (0, 0));
+    encoder.handle_ack(t0, ack);
+    assert_eq!(encoder.stats().acks, 1);
+    assert_eq!(
+        decoder.poll_ack(&mut buf),
+        None,
+        "nothing new to acknowledge"
+    );
+    assert_eq!(decoder.poll_timeout(), None, "no ack timer left");
+    let later = t0 + config.ack_delay * 2;
+    assert_eq!(
+        decoder.poll_control(later, &mut buf),
+        None,
+        "not sent again"
+    );
+}
+
+/// Acks that travel as datagrams, lost, duplicated and reordered on the way back, keep
+/// dedupe exact and saving: the encoder only ever refers to blocks an ack showed as
+/// received, and a lost ack is covered by the bitmap of the next one.
+#[test]
+fn acks_as_datagrams_over_a_lossy_way_back_keep_dedupe_exact() {
+    for (seed, loss) in [(31u64, 0.0), (32, 0.05), (33, 0.20)] {
+        let imp = Impairments {
+            loss,
+            duplicate: 0.02,
+            delay: Duration::from_millis(5),
+            jitter: Duration::from_millis(3),
+            ..Impairments::default()
+        };
+        // Bytes dedupe matched with acks on the control path, then as datagrams.
+        let mut matched = Vec::new();
+        for as_datagrams in [false, true] {
+            let mut traffic = Traffic::repeating(seed, 8, 96 * 1024, 0.05);
+            let mut sim = Sim::new(
+                seed,
+                EncoderConfig {
+                    compression: Compression::Lz4,
+                    ..EncoderConfig::default()
+                },
+                DecoderConfig::default(),
+                imp,
+                vec![1400, 1300],
+            );
+            let (enc, dec) = sim.with_dedupe(2 << 20);
+            if as_datagrams {
+                sim.with_acks_as_datagrams(seed ^ 0xac, imp);
+            }
+            sim.run(
+                &mut traffic,
+                4000,
+                4,
+                Duration::from_micros(500),
+                typical_size,
+            );
+            if loss == 0.0 {
+                assert_eq!(sim.checker.delivered, 4000, "clean link delivers all");
+            }
+            let (e, d) = (enc.stats(), dec.stats());
+            assert_eq!(d.checksum_failures, 0, "loss {loss}: no wrong restore");
+            assert_eq!(d.refs_rejected, 0, "loss {loss}: every reference resolved");
+            assert_eq!(e.resets, 0, "loss {loss}: no dedupe reset needed");
+            assert!(
+                sim.encoder.stats().blocks_acked > 0,
+                "loss {loss}: the loss estimate hears of delivered blocks"
+            );
+            matched.push(e.bytes_matched);
+            if as_datagrams {
+                assert!(
+                    sim.acks_as_datagrams > 100,
+                    "loss {loss}: acks went as datagrams"
+                );
+                assert_eq!(
+                    sim.acks_on_control, 0,
+                    "loss {loss}: none waited for the timer"
+                );
+            } else {
+                assert!(
+                    sim.acks_on_control > 100,
+                    "loss {loss}: acks on the control path"
+                );
+            }
+        }
+        eprintln!(
+            "loss {loss}: bytes matched, acks on the control path / as datagrams {matched:?}"
+        );
+        // Acks sent at once find repeats sooner; lost ones are made up by the next.
+        assert!(
+            matched[1] as f64 >= matched[0] as f64 * 0.9,
+            "loss {loss}: acks as datagrams keep dedupe saving: {matched:?}"
         );
     }
 }

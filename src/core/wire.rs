@@ -70,12 +70,14 @@
 //! normally authenticates datagrams too). The body is checked before it is decompressed; it
 //! is usually several times smaller than the area, so the check costs less.
 //!
-//! # 3: ack — what a decoder has received (decoder → encoder, control path)
+//! # 3: ack — what a decoder has received (decoder → encoder)
 //!
 //! `version, type=3, shard, epoch, largest` (9 bytes; `largest` is the highest sequence number
 //! received complete in that epoch), then `received`: 8 bytes, bit `i` set when block
 //! `largest - 1 - i` was received complete. 17 bytes in all. Acks are cumulative: a lost ack
-//! costs nothing once a later one arrives.
+//! costs nothing once a later one arrives. An ack goes on the control path, or, to a peer that
+//! announced [`Capabilities::ACK_DATAGRAMS`], as a datagram beside data going the same way;
+//! `shard` (byte 2, where a data message has its shard) is the shard of the encoder it is for.
 //!
 //! # 4: reset — start a new epoch
 //!
@@ -395,10 +397,18 @@ impl Capabilities {
     pub const LZ4: Capabilities = Capabilities(1 << 0);
     /// Can decode zstd blocks.
     pub const ZSTD: Capabilities = Capabilities(1 << 1);
+    /// Takes acks as datagrams too, not only on the control path (so a peer may send them
+    /// beside its data).
+    pub const ACK_DATAGRAMS: Capabilities = Capabilities(1 << 2);
 
-    /// What this build can decode.
-    pub const fn supported() -> Capabilities {
+    /// What a peer must announce to be accepted: it can decode every codec this build sends.
+    pub const fn required() -> Capabilities {
         Capabilities(Self::LZ4.0 | Self::ZSTD.0)
+    }
+
+    /// What this build announces: everything it can do.
+    pub const fn supported() -> Capabilities {
+        Capabilities(Self::required().0 | Self::ACK_DATAGRAMS.0)
     }
 
     /// True if every bit of `other` is set here.
@@ -1099,7 +1109,7 @@ mod tests {
         #[rustfmt::skip]
         let golden = [
             0x01, 0x05,             // version 1, hello
-            0x00, 0x00, 0x00, 0x03, // lz4 + zstd
+            0x00, 0x00, 0x00, 0x07, // lz4 + zstd + acks as datagrams
             0x02,                   // two shards
             0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // instance
             0x00, 0x01, 0x00, 0x00, // dedupe cache 64 MiB

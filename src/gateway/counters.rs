@@ -36,6 +36,10 @@ pub struct ShardCounters {
     pub refused: AtomicU64,
     /// Datagrams quinn would not send (too large after a path MTU drop, connection lost).
     pub send_errors: AtomicU64,
+    /// Acks for the peer's data sent as datagrams beside our own data...
+    pub acks_with_data: AtomicU64,
+    /// ...and on the control stream, when nothing else was going the peer's way in time.
+    pub acks_on_control: AtomicU64,
     /// Bytes given to the block codecs (packet areas, or dedupe streams)...
     pub codec_in_bytes: AtomicU64,
     /// ...and the bodies they made: the difference is what compression saved.
@@ -65,6 +69,8 @@ pub struct Totals {
     pub bypassed_packets: u64,
     pub refused: u64,
     pub send_errors: u64,
+    pub acks_with_data: u64,
+    pub acks_on_control: u64,
     pub codec_in_bytes: u64,
     pub codec_out_bytes: u64,
 }
@@ -87,6 +93,8 @@ impl Totals {
         self.bypassed_packets += r(&c.bypassed_packets);
         self.refused += r(&c.refused);
         self.send_errors += r(&c.send_errors);
+        self.acks_with_data += r(&c.acks_with_data);
+        self.acks_on_control += r(&c.acks_on_control);
         self.codec_in_bytes += r(&c.codec_in_bytes);
         self.codec_out_bytes += r(&c.codec_out_bytes);
     }

@@ -22,6 +22,11 @@ pub struct Link {
     pub control: mpsc::Sender<Vec<u8>>,
     /// How many shards (encoders) the peer runs.
     pub remote_shards: u8,
+    /// The peer takes acks as datagrams ([`Capabilities::ACK_DATAGRAMS`]), so ours may ride
+    /// beside the data we send it.
+    ///
+    /// [`Capabilities::ACK_DATAGRAMS`]: crate::core::wire::Capabilities::ACK_DATAGRAMS
+    pub ack_datagrams: bool,
     /// The dedupe contexts of this connection, shared by all shards; `None`: dedupe off
     /// (either side configured `dedupe_cache = 0`).
     pub dedupe: Option<Dedupe>,

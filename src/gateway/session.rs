@@ -256,7 +256,7 @@ async fn handshake(
             Ok(other) => return Err(format!("expected hello, got {other:?}")),
             Err(e) => return Err(format!("bad hello: {e}")),
         };
-        if !hello.capabilities.contains(Capabilities::supported()) {
+        if !hello.capabilities.contains(Capabilities::required()) {
             return Err(format!(
                 "peer cannot decode our codecs (capabilities {:#x})",
                 hello.capabilities.0
@@ -321,6 +321,7 @@ async fn wire_up(
         conn: est.conn.clone(),
         control: control_tx,
         remote_shards: est.hello.shards,
+        ack_datagrams: est.hello.capabilities.contains(Capabilities::ACK_DATAGRAMS),
         dedupe: dedupe.clone(),
     };
     let n = shared.shards.len();

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::counters::{ShardCounters, add};
 use super::peers::{Link, Peers};
 use crate::core::packet::{Ipv4Packet, Ipv6Packet};
-use crate::core::wire::{self, Ack, Reset, ResetKind};
+use crate::core::wire::{self, Ack, MessageType, Reset, ResetKind};
 use crate::core::{Decoder, DecoderConfig, Encoder, EncoderConfig, Timestamp};
 use crate::tun::gso::{MAX_SEGMENT_HEADER, Segments};
 use crate::tun::{GsoKind, GsoMeta, TunQueue};
@@ -367,6 +367,14 @@ impl Running {
         }
         add(&counters.wan_in_datagrams, 1);
         add(&counters.wan_in_bytes, bytes.len() as u64);
+        if bytes.get(1) == Some(&(MessageType::Ack as u8)) {
+            // An ack that rode beside the peer's data, for our encoder.
+            match wire::parse(bytes) {
+                Ok(wire::Message::Ack(ack)) => state.encoder.handle_ack(now, ack),
+                _ => add(&counters.malformed, 1),
+            }
+            return;
+        }
         let remote = bytes.get(2).copied().map(usize::from);
         let Some(slot) = remote.and_then(|r| state.decoders.get_mut(r)) else {
             add(&counters.malformed, 1);
@@ -445,6 +453,20 @@ impl Running {
                 add(&counters.wan_out_bytes, n as u64);
                 self.datagrams.push(self.wan.split_to(n).freeze());
             }
+            // Data is going the peer's way: acks for what it sent us ride along, in the same
+            // QUIC packet, instead of each costing a packet (and the peer's QUIC ack of it)
+            // when their delay runs out.
+            if state.link.ack_datagrams && !self.datagrams.is_empty() {
+                for decoder in state.decoders.iter_mut().flatten() {
+                    if let Some(n) = decoder.poll_ack(&mut self.control) {
+                        add(&counters.acks_with_data, 1);
+                        add(&counters.wan_out_datagrams, 1);
+                        add(&counters.wan_out_bytes, n as u64);
+                        self.datagrams
+                            .push(Bytes::copy_from_slice(&self.control[..n]));
+                    }
+                }
+            }
             // Encode first, send after: quinn's connection task, woken by the first send,
             // then finds the whole flush queued and can put it in one GSO send call, where
             // datagrams handed over one by one as they are encoded each went out on their own.
@@ -477,6 +499,9 @@ impl Running {
             }
             for decoder in state.decoders.iter_mut().flatten() {
                 while let Some(n) = decoder.poll_control(now, &mut self.control) {
+                    if self.control[1] == MessageType::Ack as u8 {
+                        add(&counters.acks_on_control, 1);
+                    }
                     send_control(&state.link, &self.control[..n]);
                 }
                 while let Some(restored) = decoder.next_packet() {
