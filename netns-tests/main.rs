@@ -47,13 +47,22 @@ fn ping_both_ways_ipv4_and_ipv6() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    // Pings 10 ms apart: each side's ack of what it received rides beside the next packet
-    // it sends (the reply, the next request) instead of waiting 25 ms to go on its own.
-    let out = topo.try_exec(
-        &topo.lan_a,
-        &["ping", "-c", "40", "-i", "0.01", "-W", "2", addr::LAN_B],
+    // UDP requests 10 ms apart, each answered: each side's ack of what it received rides
+    // beside the next packet it sends (the answer, the next request) instead of waiting
+    // 25 ms to go on its own. (UDP rather than ping: the TUN device sends a flow's packets to
+    // the queue, and so the shard, that wrote its last packet, which for TCP and UDP is the
+    // shard holding the decoder to ack; an echo reply hashes differently from its request.)
+    let script = topo.dir.join("echo.py");
+    std::fs::write(&script, ECHO_SCRIPT).unwrap();
+    let script = script.to_string_lossy().into_owned();
+    let _echo = topo.spawn(
+        &topo.lan_b,
+        &["python3", &script, "serve", addr::LAN_B],
+        "echo.log",
     );
-    assert!(out.status.success(), "40 quick pings");
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = topo.exec(&topo.lan_a, &["python3", &script, "ask", addr::LAN_B]);
+    assert_eq!(asked.trim(), "40 answered", "UDP exchange");
     // Both sides know each other's endpoint, yet there is exactly one connection.
     for (ns, site) in [(&topo.gw_a, &g.a), (&topo.gw_b, &g.b)] {
         let status = sites::status(&topo, ns, site);
@@ -68,6 +77,27 @@ fn ping_both_ways_ipv4_and_ipv6() {
         );
     }
 }
+
+/// A UDP echo server (`serve ADDR`) and a client (`ask ADDR`) that sends 40 requests 10 ms
+/// apart, each waiting for its answer.
+const ECHO_SCRIPT: &str = r#"
+import socket, sys, time
+mode, host = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if mode == "serve":
+    s.bind((host, 7777))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+s.settimeout(2)
+answered = 0
+for i in range(40):
+    s.sendto(b"request %d" % i, (host, 7777))
+    if s.recvfrom(2048)[0] == b"request %d" % i:
+        answered += 1
+    time.sleep(0.01)
+print(answered, "answered")
+"#;
 
 /// The `acks sent: N beside data, M on the control stream` line of `sluice status`.
 fn acks_sent(status: &str) -> (u64, u64) {
