@@ -51,7 +51,7 @@ fn ping_both_ways_ipv4_and_ipv6() {
     // beside the next packet it sends (the answer, the next request) instead of waiting
     // 25 ms to go on its own. (UDP rather than ping: the TUN device sends a flow's packets to
     // the queue, and so the shard, that wrote its last packet, which for TCP and UDP is the
-    // shard holding the decoder to ack; an echo reply hashes differently from its request.)
+    // shard holding the decoder to ack; ping's replies were not always steered back so.)
     let script = topo.dir.join("echo.py");
     std::fs::write(&script, ECHO_SCRIPT).unwrap();
     let script = script.to_string_lossy().into_owned();
