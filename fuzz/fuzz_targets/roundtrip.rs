@@ -5,7 +5,8 @@
 //! with a serial number), feeds them to an `Encoder` with arbitrary settings, sends the
 //! datagrams at an arbitrary size (256..=1500) per send over a link that drops, duplicates,
 //! swaps or corrupts each one as the input says, and feeds a `Decoder`. The control path
-//! (epoch announcement, acks) is reliable.
+//! (epoch announcement, acks) is reliable; in some scenarios acks are also taken at once with
+//! `poll_ack`, as the gateway sends them beside data.
 //!
 //! Invariants:
 //! - every delivered packet is byte-identical to a sent one, and none is delivered twice;
@@ -225,6 +226,9 @@ struct Scenario {
     config: EncoderConfig,
     flows: Vec<FlowSpec>,
     hops: Vec<Hop>,
+    /// Acks also go the way the gateway sends them beside data: taken with `poll_ack`
+    /// whenever packets were restored, besides the timer's on the control path.
+    acks_beside_data: bool,
     packets: Vec<PacketSpec>,
 }
 
@@ -252,6 +256,7 @@ impl<'a> Arbitrary<'a> for Scenario {
         let hops = (0..u.int_in_range(0..=MAX_HOPS)?)
             .map(|_| u.arbitrary())
             .collect::<arbitrary::Result<_>>()?;
+        let acks_beside_data = u.arbitrary()?;
         let mut packets = Vec::new();
         let mut bytes = 0;
         while packets.len() < MAX_PACKETS && !u.is_empty() {
@@ -268,6 +273,7 @@ impl<'a> Arbitrary<'a> for Scenario {
             config,
             flows,
             hops,
+            acks_beside_data,
             packets,
         })
     }
@@ -420,6 +426,15 @@ impl Run<'_> {
                 );
             }
             self.delivered += 1;
+        }
+        if self.scenario.acks_beside_data {
+            let mut msg = [0u8; 64];
+            while let Some(n) = self.decoder.poll_ack(&mut msg) {
+                match wire::parse(&msg[..n]) {
+                    Ok(Message::Ack(ack)) => self.encoder.handle_ack(self.now, ack),
+                    other => panic!("poll_ack gave {other:?}"),
+                }
+            }
         }
         self.pump_control();
     }
