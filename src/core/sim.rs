@@ -922,6 +922,23 @@ proptest! {
 /// Repeated and near-duplicate payloads, dedupe on and off, over links from clean to 20% loss
 /// with reordering and duplication: every delivered packet is byte-identical to one sent, in
 /// order within its flow, and dedupe still saves bytes under loss.
+/// A 96 KiB corpus read by 8 flows (every byte comes back many times), and an lz4 encoder
+/// and decoder over a link impaired as `imp`.
+fn repeating_lz4(seed: u64, imp: Impairments) -> (Traffic, Sim) {
+    let traffic = Traffic::repeating(seed, 8, 96 * 1024, 0.05);
+    let sim = Sim::new(
+        seed,
+        EncoderConfig {
+            compression: Compression::Lz4,
+            ..EncoderConfig::default()
+        },
+        DecoderConfig::default(),
+        imp,
+        vec![1400, 1300],
+    );
+    (traffic, sim)
+}
+
 #[test]
 fn dedupe_is_exact_and_saves_under_loss() {
     for (seed, loss) in [(24u64, 0.20), (21, 0.0), (22, 0.01), (23, 0.05)] {
@@ -934,18 +951,7 @@ fn dedupe_is_exact_and_saves_under_loss() {
         };
         let mut wire_bytes = Vec::new();
         for dedupe in [false, true] {
-            // A 96 KiB corpus read by 8 flows: every byte comes back many times.
-            let mut traffic = Traffic::repeating(seed, 8, 96 * 1024, 0.05);
-            let mut sim = Sim::new(
-                seed,
-                EncoderConfig {
-                    compression: Compression::Lz4,
-                    ..EncoderConfig::default()
-                },
-                DecoderConfig::default(),
-                imp,
-                vec![1400, 1300],
-            );
+            let (mut traffic, mut sim) = repeating_lz4(seed, imp);
             let caches = dedupe.then(|| sim.with_dedupe(2 << 20));
             sim.run(
                 &mut traffic,
@@ -1045,17 +1051,7 @@ fn acks_as_datagrams_over_a_lossy_way_back_keep_dedupe_exact() {
         // Bytes dedupe matched with acks on the control path, then as datagrams.
         let mut matched = Vec::new();
         for as_datagrams in [false, true] {
-            let mut traffic = Traffic::repeating(seed, 8, 96 * 1024, 0.05);
-            let mut sim = Sim::new(
-                seed,
-                EncoderConfig {
-                    compression: Compression::Lz4,
-                    ..EncoderConfig::default()
-                },
-                DecoderConfig::default(),
-                imp,
-                vec![1400, 1300],
-            );
+            let (mut traffic, mut sim) = repeating_lz4(seed, imp);
             let (enc, dec) = sim.with_dedupe(2 << 20);
             if as_datagrams {
                 sim.with_acks_as_datagrams(seed ^ 0xac, imp);
