@@ -266,10 +266,23 @@ impl Ring {
                 return n;
             }
             let stop = (chunk_end - start).min(limit);
-            // Eight bytes at a time while a whole word fits in this chunk.
-            while n + 8 <= stop {
+            // Eight bytes at a time while a whole word fits in this chunk: one unaligned
+            // comparison up to the ring's next word boundary, then whole ring words, one load
+            // each (a shifted pair of loads per step ran encode_repeat at ~790 MiB/s).
+            let skew = (start + n) % 8;
+            if skew != 0 && n + 8 <= stop {
                 let ours = u64::from_le_bytes(data[n..n + 8].try_into().expect("8 bytes"));
                 let diff = seg.load8((start + n) % SEGMENT) ^ ours;
+                if diff != 0 {
+                    return n + (diff.trailing_zeros() / 8) as usize;
+                }
+                n += 8 - skew;
+            }
+            while n + 8 <= stop {
+                let ours = u64::from_le_bytes(data[n..n + 8].try_into().expect("8 bytes"));
+                let at = (start + n) % SEGMENT;
+                debug_assert!(at % 8 == 0);
+                let diff = seg.word(at / 8) ^ ours;
                 if diff != 0 {
                     return n + (diff.trailing_zeros() / 8) as usize;
                 }
