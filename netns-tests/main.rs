@@ -27,6 +27,37 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 #[test]
+fn one_runtime_thread_per_gateway_carries_traffic() {
+    if !require_root("one_runtime_thread_per_gateway_carries_traffic") {
+        return;
+    }
+    let _serial = serial();
+    let topo = Topology::new("threads");
+    let opts = Options {
+        threads: "1",
+        ..Options::default()
+    };
+    let g = sites::up(&topo, opts);
+    // Two shards on one thread: both directions, both address families.
+    for (from, to) in [(&topo.lan_a, addr::LAN_B), (&topo.lan_b, addr::LAN_A6)] {
+        let out = topo.try_exec(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", to]);
+        assert!(
+            out.status.success(),
+            "ping {to} from {from} failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The runtime itself says how many workers it has.
+    for (ns, site) in [(&topo.gw_a, &g.a), (&topo.gw_b, &g.b)] {
+        let status = sites::status(&topo, ns, site);
+        assert!(
+            status.contains("shards 2  threads 1  "),
+            "{ns}: status does not show 2 shards on 1 thread:\n{status}"
+        );
+    }
+}
+
+#[test]
 fn ping_both_ways_ipv4_and_ipv6() {
     if !require_root("ping_both_ways_ipv4_and_ipv6") {
         return;
@@ -63,9 +94,15 @@ fn ping_both_ways_ipv4_and_ipv6() {
     std::thread::sleep(Duration::from_millis(300));
     let asked = topo.exec(&topo.lan_a, &["python3", &script, "ask", addr::LAN_B]);
     assert_eq!(asked.trim(), "40 answered", "UDP exchange");
-    // Both sides know each other's endpoint, yet there is exactly one connection.
+    // Both sides know each other's endpoint, yet there is exactly one connection. And
+    // `threads = "auto"` ran one runtime worker per core (at most 16).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
     for (ns, site) in [(&topo.gw_a, &g.a), (&topo.gw_b, &g.b)] {
         let status = sites::status(&topo, ns, site);
+        assert!(
+            status.contains(&format!("  threads {cores}  ")),
+            "{ns}: status does not show {cores} runtime threads:\n{status}"
+        );
         assert!(
             status.contains("connected to") && status.contains("connections so far 1 "),
             "one connection, never replaced:\n{status}"

@@ -18,6 +18,8 @@ pub fn sluice() -> &'static str {
 pub struct Options {
     pub compression: &'static str,
     pub shards: u32,
+    /// `interface.threads`: "auto" or a number.
+    pub threads: &'static str,
     pub log: &'static str,
     /// `optimize.dedupe_cache`, e.g. "64MiB" or "0" (off).
     pub dedupe_cache: &'static str,
@@ -30,6 +32,7 @@ impl Default for Options {
         Options {
             compression: "auto",
             shards: 2,
+            threads: "\"auto\"",
             log: "info",
             dedupe_cache: "64MiB",
             relay: None,
@@ -155,6 +158,7 @@ key = "key.pem"
 certificate = "cert.pem"
 mtu = "auto"
 shards = {shards}
+threads = {threads}
 routes = true
 control_socket = "control.sock"
 
@@ -170,6 +174,7 @@ name = "{peer_name}"
 allowed_ips = ["{lan_peer4}", "{lan_peer6}", "{tun_peer4}", "{tun_peer6}"]
 "#,
         shards = opts.shards,
+        threads = opts.threads,
         compression = opts.compression,
         dedupe_cache = opts.dedupe_cache,
     );

@@ -8,7 +8,7 @@
 //!
 //! The file is deserialized into raw structs with `deny_unknown_fields`, then converted into
 //! [`Settings`], which is made of types that can only hold valid values ([`Cidr`],
-//! [`InterfaceAddress`], [`Fingerprint`], [`Mtu`], [`Shards`], [`ZstdLevel`], [`ByteSize`],
+//! [`InterfaceAddress`], [`Fingerprint`], [`Mtu`], [`PerCore`] ([`Shards`], [`Threads`]), [`ZstdLevel`], [`ByteSize`],
 //! [`InterfaceName`], [`PeerName`]). Anything wrong becomes a [`ConfigError`] that names the
 //! config file, the key (`peer[1].allowed_ips[0]`), where the value came from when that was
 //! not the file, and what is wrong.
@@ -54,6 +54,7 @@ name = "sluice0"
 mtu = "auto"
 wan_mtu = 1500
 shards = "auto"
+threads = "auto"
 routes = true
 
 [optimize]
@@ -594,20 +595,42 @@ impl fmt::Display for Mtu {
     }
 }
 
-/// How many shards (worker tasks) forward packets.
+/// A count that is either "one per available core" or fixed: how many shards (worker tasks)
+/// forward packets ([`Shards`]), how many threads run them ([`Threads`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shards {
-    /// One per available core.
+pub enum PerCore {
+    /// One per available core (at most 16).
     Auto,
     /// Exactly this many (1 to 255).
     Fixed(NonZeroU8),
 }
 
-impl fmt::Display for Shards {
+/// How many shards (worker tasks) forward packets.
+pub type Shards = PerCore;
+
+/// How many threads the async runtime runs the shards, QUIC and everything else on.
+pub type Threads = PerCore;
+
+impl PerCore {
+    /// The count on this machine: `available` cores for `Auto` (at most 16).
+    pub fn resolve(self, available: usize) -> usize {
+        match self {
+            PerCore::Auto => available.clamp(1, 16),
+            PerCore::Fixed(n) => usize::from(n.get()),
+        }
+    }
+
+    /// The count on this machine, from [`std::thread::available_parallelism`].
+    pub fn here(self) -> usize {
+        self.resolve(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+impl fmt::Display for PerCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Shards::Auto => f.write_str("auto"),
-            Shards::Fixed(n) => write!(f, "{n}"),
+            PerCore::Auto => f.write_str("auto"),
+            PerCore::Fixed(n) => write!(f, "{n}"),
         }
     }
 }
@@ -861,6 +884,8 @@ pub struct Interface {
     pub wan_mtu: u16,
     /// Number of shards.
     pub shards: Shards,
+    /// Threads of the async runtime.
+    pub threads: Threads,
     /// Install a route into the TUN device for each peer's `allowed_ips`.
     pub routes: bool,
     /// Where `sluice status` reaches the running daemon; default
@@ -1122,6 +1147,7 @@ struct RawInterface {
     mtu: Value,
     wan_mtu: i64,
     shards: Value,
+    threads: Value,
     routes: bool,
     control_socket: Option<PathBuf>,
 }
@@ -1167,6 +1193,23 @@ fn auto_or_number(value: &Value) -> Result<AutoOr, ValueError> {
         other => Err(ValueError::AutoOrNumber {
             found: describe(other).to_owned(),
         }),
+    }
+}
+
+/// Reads a [`PerCore`] count: "auto" or 1 to 255.
+fn per_core(value: &Value) -> Result<PerCore, ValueError> {
+    match auto_or_number(value)? {
+        AutoOr::Auto => Ok(PerCore::Auto),
+        AutoOr::Number(n) => u8::try_from(n)
+            .ok()
+            .and_then(NonZeroU8::new)
+            .map(PerCore::Fixed)
+            .ok_or(ValueError::Range {
+                value: saturate(n),
+                min: 1,
+                max: 255,
+                why: "",
+            }),
     }
 }
 
@@ -1473,21 +1516,10 @@ impl Loader<'_> {
                 ));
             }
         };
-        let shards = match auto_or_number(&raw.shards) {
-            Ok(AutoOr::Auto) => Ok(Shards::Auto),
-            Ok(AutoOr::Number(n)) => u8::try_from(n)
-                .ok()
-                .and_then(NonZeroU8::new)
-                .map(Shards::Fixed)
-                .ok_or(ValueError::Range {
-                    value: saturate(n),
-                    min: 1,
-                    max: 255,
-                    why: "",
-                }),
-            Err(e) => Err(e),
-        }
-        .map_err(|e| self.value_error("interface.shards", "interface.shards", e))?;
+        let shards = per_core(&raw.shards)
+            .map_err(|e| self.value_error("interface.shards", "interface.shards", e))?;
+        let threads = per_core(&raw.threads)
+            .map_err(|e| self.value_error("interface.threads", "interface.threads", e))?;
 
         let key_path = self.resolve(&raw.key);
         let certificate_path = self.resolve(&raw.certificate);
@@ -1517,6 +1549,7 @@ impl Loader<'_> {
             mtu,
             wan_mtu,
             shards,
+            threads,
             routes: raw.routes,
             control_socket,
         })

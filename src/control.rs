@@ -85,10 +85,11 @@ pub fn report(state: &State) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "interface {}  mtu {}  shards {}  up {}s",
+        "interface {}  mtu {}  shards {}  threads {}  up {}s",
         state.interface,
         state.mtu,
         state.shards,
+        state.threads,
         state.started.elapsed().as_secs()
     );
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

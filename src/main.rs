@@ -135,6 +135,7 @@ fn up(config: &Path) -> anyhow::Result<()> {
         .init();
     let settings = Settings::load(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.interface().threads.here())
         .enable_all()
         .thread_name("sluice")
         .build()
@@ -201,7 +202,7 @@ fn summary(settings: &Settings) -> String {
     let _ = writeln!(out, "{}: ok", settings.file().display());
     let _ = writeln!(
         out,
-        "interface {}: {}; listen {}; mtu {}; shards {}; routes {}",
+        "interface {}: {}; listen {}; mtu {}; shards {}; threads {}; routes {}",
         interface.name,
         join(
             interface
@@ -215,6 +216,7 @@ fn summary(settings: &Settings) -> String {
             .map_or_else(|| "off (dial only)".to_owned(), |a| a.to_string()),
         interface.mtu,
         interface.shards,
+        interface.threads,
         if interface.routes { "on" } else { "off" },
     );
     let _ = writeln!(out, "fingerprint {}", interface.fingerprint);

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sluice::config::{ConfigError, Mtu, Origin, Settings, Shards};
+use sluice::config::{ConfigError, Mtu, Origin, PerCore, Settings, Shards, Threads};
 use sluice::core::encoder::Compression;
 use sluice::identity;
 
@@ -27,6 +27,7 @@ certificate = "cert.pem"
 mtu = "auto"
 wan_mtu = 1500
 shards = "auto"
+threads = "auto"
 routes = true
 
 [optimize]
@@ -100,6 +101,7 @@ fn a_valid_file_loads_with_paths_resolved_against_its_folder() {
     assert_eq!(interface.fingerprint.to_string(), site.own_fingerprint);
     assert_eq!(interface.mtu, Mtu::Auto);
     assert_eq!(interface.shards, Shards::Auto);
+    assert_eq!(interface.threads, Threads::Auto);
     assert!(interface.routes);
     assert_eq!(settings.optimize().compression, Compression::Auto);
     assert_eq!(settings.optimize().zstd_level.get(), 1);
@@ -149,6 +151,7 @@ fn environment_overrides_win_and_stray_variables_are_ignored() {
             ("SLUICE_OPTIMIZE__ZSTD_LEVEL", "-3"),
             ("SLUICE_INTERFACE__MTU", "1400"),
             ("SLUICE_INTERFACE__SHARDS", "4"),
+            ("SLUICE_INTERFACE__THREADS", "1"),
             // None of these names a key: they must not trip deny_unknown_fields.
             ("SLUICE_LOG", "debug"),
             ("SLUICE_FOO", "1"),
@@ -167,6 +170,20 @@ fn environment_overrides_win_and_stray_variables_are_ignored() {
         settings.interface().shards,
         Shards::Fixed(4.try_into().unwrap())
     );
+    assert_eq!(
+        settings.interface().threads,
+        Threads::Fixed(1.try_into().unwrap())
+    );
+    assert_eq!(settings.interface().threads.here(), 1);
+}
+
+#[test]
+fn per_core_counts_follow_the_machine_only_when_auto() {
+    assert_eq!(PerCore::Auto.resolve(2), 2);
+    assert_eq!(PerCore::Auto.resolve(0), 1);
+    assert_eq!(PerCore::Auto.resolve(64), 16);
+    assert_eq!(PerCore::Fixed(3.try_into().unwrap()).resolve(64), 3);
+    assert_eq!(PerCore::Fixed(200.try_into().unwrap()).resolve(2), 200);
 }
 
 #[test]
@@ -352,6 +369,18 @@ const CASES: &[Case] = &[
         breaks: Break::Replace(r#"shards = "auto""#, "shards = 256"),
         key: "interface.shards",
         says: "1 to 255",
+    },
+    Case {
+        name: "threads zero",
+        breaks: Break::Replace(r#"threads = "auto""#, "threads = 0"),
+        key: "interface.threads",
+        says: "1 to 255",
+    },
+    Case {
+        name: "threads neither auto nor a number",
+        breaks: Break::Replace(r#"threads = "auto""#, r#"threads = "many""#),
+        key: "interface.threads",
+        says: "\"auto\" or a number",
     },
     Case {
         name: "bad duration",

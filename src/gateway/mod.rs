@@ -23,7 +23,7 @@ use anyhow::Context;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Mtu, Settings, Shards};
+use crate::config::{Mtu, Settings};
 use crate::core::wire::{Capabilities, Hello};
 use crate::core::{DecoderConfig, EncoderConfig};
 use crate::transport::{self, Tuning};
@@ -57,6 +57,9 @@ pub struct State {
     pub interface: String,
     pub mtu: u16,
     pub shards: usize,
+    /// Worker threads of the runtime the gateway runs on (`[interface] threads`), as the
+    /// runtime reports them.
+    pub threads: usize,
     pub peers: Arc<Peers>,
     pub sessions: Vec<Arc<SessionStatus>>,
     /// `counters[shard][peer]`.
@@ -102,10 +105,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let started = Instant::now();
     let iface = settings.interface();
     let digest = *iface.fingerprint.as_bytes();
-    let shards = match iface.shards {
-        Shards::Auto => std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
-        Shards::Fixed(n) => usize::from(n.get()),
-    };
+    let shards = iface.shards.here();
     let peer_list: Vec<Peer> = settings
         .peers()
         .iter()
@@ -283,6 +283,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         interface: name.clone(),
         mtu,
         shards,
+        threads: tokio::runtime::Handle::current().metrics().num_workers(),
         peers: peers.clone(),
         sessions,
         counters,
