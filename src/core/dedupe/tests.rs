@@ -203,6 +203,45 @@ fn a_sparsely_scanned_incompressible_transfer_is_found_again_almost_whole() {
 }
 
 #[test]
+fn data_sent_again_after_its_first_copy_left_the_ring_is_found_in_its_second() {
+    // A 1 MiB ring. The data (9 areas of 16 KiB, GSO super-packets) goes at 0, fresh data
+    // after it, the data again at about 560,000 (each area one reference to the first copy),
+    // fresh data until the head is past 1,250,000: the first copy is overwritten, the second
+    // is still well inside the ring. A third copy, in 1400-byte pieces sent last to first
+    // (so that no piece is found by following the one before), must be found in the second,
+    // although most pieces hold none of the anchors where the second copy's references
+    // began: inside references the encoder indexes sparse anchors.
+    let mut pair = Pair::new(1 << 20);
+    let data = pseudo_random(9 * 16 * 1024, 41);
+    let send = |pair: &mut Pair, pieces: Vec<&[u8]>| -> usize {
+        let mut trail = Trail::default();
+        pieces
+            .into_iter()
+            .map(|p| pair.send_after(p, true, &mut trail, Density::Dense).0)
+            .sum()
+    };
+    let first = send(&mut pair, data.chunks(16 * 1024).collect());
+    assert_eq!(first, data.len(), "nothing to find the first time");
+    let fresh = pseudo_random(300 * 1400, 42);
+    send(&mut pair, fresh.chunks(1400).collect());
+    let second = send(&mut pair, data.chunks(16 * 1024).collect());
+    assert!(second * 20 < data.len(), "second copy: {second} bytes");
+    let fresh = pseudo_random(400 * 1400, 43);
+    send(&mut pair, fresh.chunks(1400).collect());
+    let head = pair.enc.reserve(1400).pos;
+    assert!(
+        head > (1 << 20) + data.len() as u64,
+        "the first copy is overwritten (head {head})"
+    );
+    let third = send(&mut pair, data.chunks(1400).rev().collect());
+    assert!(
+        third * 10 < data.len(),
+        "the third copy must be found in the second: {third} of {} bytes",
+        data.len()
+    );
+}
+
+#[test]
 fn matches_are_found_at_any_offset_inside_other_data() {
     let mut pair = Pair::new(1 << 20);
     let file = pseudo_random(6000, 2);
