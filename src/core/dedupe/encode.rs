@@ -526,11 +526,14 @@ impl Scan<'_> {
                         .ok()
                         .filter(|&c| c < self.head)
                     {
-                        found = longer(found, self.verify(area, literal_start, i, cand));
+                        found = longer(
+                            found,
+                            self.verify(area, literal_start, i, cand, self.to_beat(found)),
+                        );
                     }
                 }
                 if found.is_none_or(|m| m.1 < to_end) {
-                    found = longer(found, self.lookup(area, literal_start, i, anchor));
+                    found = longer(found, self.lookup(area, literal_start, i, anchor, found));
                 }
                 // The first anchor after a reference ended, not far from it, with no match to
                 // the area's end: the bytes that follow are often just a little further on in
@@ -551,7 +554,14 @@ impl Scan<'_> {
                     let source_end = base + covered as i128;
                     found = longer(
                         found,
-                        self.near(area, literal_start, i, source_end, i - covered + NEAR),
+                        self.near(
+                            area,
+                            literal_start,
+                            i,
+                            source_end,
+                            i - covered + NEAR,
+                            self.to_beat(found),
+                        ),
                     );
                 }
                 self.insert(anchor, i);
@@ -589,13 +599,14 @@ impl Scan<'_> {
 
     /// Looks the anchor at `i` up in the index (its bucket already loaded). Returns the
     /// longest verified match `(start in area, len, ring position)` of at least `min_match`
-    /// bytes that starts at or after `floor`.
+    /// bytes that starts at or after `floor` and is longer than `found`, the best one so far.
     fn lookup(
         &mut self,
         area: &[u8],
         floor: usize,
         i: usize,
         anchor: &Anchor<'_>,
+        found: Option<(usize, usize, u64)>,
     ) -> Option<(usize, usize, u64)> {
         if !self.search {
             return None;
@@ -608,7 +619,10 @@ impl Scan<'_> {
                 continue;
             }
             if let Some(cand) = self.position_of(entry as u32 as usize) {
-                best = longer(best, self.verify(area, floor, i, cand));
+                best = longer(
+                    best,
+                    self.verify(area, floor, i, cand, self.to_beat(longer(found, best))),
+                );
             }
         }
         best
@@ -642,7 +656,8 @@ impl Scan<'_> {
     }
 
     /// Looks for the eight bytes at `i` in the `span` bytes of the ring from `from` (where the
-    /// last reference's source ended) and returns the first verified match there.
+    /// last reference's source ended) and returns the first verified match there of at least
+    /// `at_least` bytes.
     fn near(
         &self,
         area: &[u8],
@@ -650,6 +665,7 @@ impl Scan<'_> {
         i: usize,
         from: i128,
         span: usize,
+        at_least: usize,
     ) -> Option<(usize, usize, u64)> {
         let want = u64::from_le_bytes(area[i..i + 8].try_into().expect("8 bytes"));
         let mut from = u64::try_from(from).ok()?;
@@ -659,7 +675,7 @@ impl Scan<'_> {
                 .cache
                 .ring
                 .find8(from, (to - from + 1) as usize, want)?;
-            if let Some(m) = self.verify(area, floor, i, pos) {
+            if let Some(m) = self.verify(area, floor, i, pos, at_least) {
                 return Some(m);
             }
             from = pos + 1;
@@ -680,13 +696,21 @@ impl Scan<'_> {
         self.head.checked_sub(back)
     }
 
-    /// Compares the area around `i` with the ring around candidate position `cand`.
+    /// How long a match must be to count: longer than `found`, the best one so far, or at
+    /// least the minimum.
+    fn to_beat(&self, found: Option<(usize, usize, u64)>) -> usize {
+        found.map_or(self.cache.min_match, |m| m.1 + 1)
+    }
+
+    /// Compares the area around `i` with the ring around candidate position `cand`; returns
+    /// the match if it is at least `at_least` (and `min_match`) bytes long.
     fn verify(
         &self,
         area: &[u8],
         floor: usize,
         i: usize,
         cand: u64,
+        at_least: usize,
     ) -> Option<(usize, usize, u64)> {
         let cache = self.cache;
         let ring = &cache.ring;
@@ -695,6 +719,26 @@ impl Scan<'_> {
         if self.head - cand > ring.size() - ring.size() / 8 {
             return None;
         }
+        // The match reaches back to `floor` at most, so it must reach at least `reach` bytes
+        // forward to count. Where that is past the area's end it cannot; otherwise the eight
+        // bytes just before that point are compared first (as LZ match finders look at the
+        // byte that would make a candidate better before comparing it whole): candidates that
+        // fall short, most of them, cost one load instead of a comparison up to where they
+        // end. The load is a hint (tags are checked by the comparison that follows).
+        let reach = at_least.max(cache.min_match).saturating_sub(i - floor);
+        if reach > area.len() - i {
+            return None;
+        }
+        if reach > KEY_LEN {
+            let probe = i + reach - 8;
+            let ours = u64::from_le_bytes(area[probe..probe + 8].try_into().expect("8 bytes"));
+            if ring
+                .peek8(cand + (reach - 8) as u64)
+                .is_some_and(|theirs| theirs != ours)
+            {
+                return None;
+            }
+        }
         let tag = ring::tag(self.place.epoch, ring.round(cand));
         let forward = ring.match_forward(cand, &area[i..], tag);
         if forward < KEY_LEN {
@@ -702,7 +746,7 @@ impl Scan<'_> {
         }
         let backward = ring.match_backward(cand, &area[floor..i], tag);
         let len = forward + backward;
-        if len < cache.min_match {
+        if len < cache.min_match.max(at_least) {
             return None;
         }
         let ref_pos = cand - backward as u64;

@@ -59,17 +59,31 @@ impl Segment {
     }
 
     /// The first position in `lo..hi` (`hi + 7 <= SEGMENT`) whose eight bytes are `want`.
-    /// A word at a time: the positions in a word whose byte equals `want`'s first byte are
-    /// flagged together (a zero-byte test on the word xor that byte repeated) and only those
-    /// are compared whole; in text most words have none (one position at a time, this search
-    /// was a fifth of encoding text).
+    /// A word at a time: the positions in a word whose byte equals `want`'s first byte and
+    /// whose next byte equals its second are flagged together (a zero-byte test on the word,
+    /// and on the word shifted by a byte, xor those bytes repeated) and only those are
+    /// compared whole. In text most words have none (one position at a time, this search was
+    /// a fifth of encoding text; with the first byte alone, a word in eight or so had a
+    /// position to compare and the branch on it went wrong often).
     fn find8(&self, lo: usize, hi: usize, want: u64) -> Option<usize> {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGHS: u64 = 0x8080_8080_8080_8080;
         let first = (want & 0xff) * ONES;
+        let second = ((want >> 8) & 0xff) * ONES;
         let mut word = lo / 8;
+        if word * 8 >= hi {
+            return None;
+        }
+        let mut this = self.word(word);
         while word * 8 < hi {
-            let x = self.word(word) ^ first;
+            // Positions at or past `hi` need no next word; the last word of the segment has
+            // none.
+            let next = if word + 1 < WORDS_PER_SEGMENT {
+                self.word(word + 1)
+            } else {
+                0
+            };
+            let x = (this ^ first) | (((this >> 8) | (next << 56)) ^ second);
             // High bit set in every zero byte of x (and, past a zero byte, maybe in others:
             // those are checked and passed over).
             let mut flags = x.wrapping_sub(ONES) & !x & HIGHS;
@@ -80,6 +94,7 @@ impl Segment {
                     return Some(at);
                 }
             }
+            this = next;
             word += 1;
         }
         None
@@ -361,6 +376,18 @@ impl Ring {
         None
     }
 
+    /// The eight bytes at `pos` as they are now (tags not checked: a hint for
+    /// [`Ring::match_forward`]), or `None` where they would cross a segment or lie in
+    /// unclaimed memory.
+    pub fn peek8(&self, pos: u64) -> Option<u64> {
+        let at = self.offset(pos);
+        let in_seg = at % SEGMENT;
+        if in_seg + 8 > SEGMENT {
+            return None;
+        }
+        self.segment(at).map(|seg| seg.load8(in_seg))
+    }
+
     /// Second half of the seqlock check for a range found by the `match_*` functions: true if
     /// its chunks still carry `tag`, so the bytes compared were the tagged ones.
     pub fn still_tagged(&self, pos: u64, len: usize, tag: u64) -> bool {
@@ -582,5 +609,26 @@ mod tests {
         ring.store(ring.size() - CHUNK as u64, &[9; CHUNK], tag(0, 0));
         assert_eq!(ring.match_forward(ring.size() - 8, &[9; 64], tag(0, 0)), 8);
         assert!(ring.resident() > 0);
+    }
+
+    #[test]
+    fn peek8_reads_any_offset_inside_one_claimed_segment() {
+        let ring = Ring::new(2 * SEGMENT);
+        assert_eq!(ring.peek8(0), None, "unclaimed");
+        let data = bytes(4 * CHUNK, 3);
+        ring.store(SEGMENT as u64 - 2 * CHUNK as u64, &data, 0);
+        for skew in 0..16 {
+            let pos = SEGMENT - 2 * CHUNK + skew;
+            let want = u64::from_le_bytes(data[skew..skew + 8].try_into().unwrap());
+            // Untagged bytes too: it is a hint.
+            assert_eq!(ring.peek8(pos as u64), Some(want), "at {pos}");
+        }
+        // Eight bytes across two segments are never read.
+        for back in 1..8 {
+            assert_eq!(ring.peek8((SEGMENT - back) as u64), None);
+        }
+        assert!(ring.peek8((SEGMENT - 8) as u64).is_some());
+        assert!(ring.peek8(SEGMENT as u64).is_some());
+        assert_eq!(ring.peek8(ring.size() - 3), None);
     }
 }
