@@ -77,10 +77,14 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// The sending end of one dedupe context, shared by every shard that sends to the peer.
 pub struct EncoderCache {
     ring: Ring,
-    /// Hash-addressed buckets of [`WAYS`] slots, each `check << 32 | ring offset` of an
-    /// anchor with that key (0: empty). Claimed in pages on first insert.
+    /// Hash-addressed buckets of [`WAYS`] slots, each `check << 32 | pass << offset_bits |
+    /// ring offset` of an anchor with that key (0: empty), where `pass` is the low bits of
+    /// the ring pass the anchor was written in, as many as fit above the offset. Claimed in
+    /// pages on first insert.
     index: Box<[OnceLock<Box<[AtomicU64]>>]>,
     index_bits: u32,
+    /// Bits of a slot's low half that hold the ring offset (32 for a 4 GiB ring: no pass).
+    offset_bits: u32,
     /// `epoch << 48 | next free position`.
     state: AtomicU64,
     min_match: usize,
@@ -144,11 +148,21 @@ impl EncoderCache {
         EncoderCache {
             index: (0..slots / PAGE_SLOTS).map(|_| OnceLock::new()).collect(),
             index_bits: slots.trailing_zeros(),
+            offset_bits: ring.size().next_power_of_two().trailing_zeros().min(32),
             ring,
             state: AtomicU64::new(0),
             min_match: config.min_match.max(KEY_LEN),
             announce: AtomicBool::new(true),
             stats: AtomicStats::default(),
+        }
+    }
+
+    /// The low bits of `pos`'s ring pass, shifted above the ring offset in an index slot.
+    fn pass_bits(&self, pos: u64) -> u32 {
+        if self.offset_bits >= 32 {
+            0
+        } else {
+            (self.ring.round(pos) << self.offset_bits) as u32
         }
     }
 
@@ -287,6 +301,7 @@ impl EncoderCache {
             head: head & POS_MASK,
             head_offset: self.ring.offset(head & POS_MASK) as u64,
             place_offset: self.ring.offset(place.pos),
+            place_pass: self.pass_bits(place.pos),
             // A reset since the place was taken: nothing of this epoch is worth looking up.
             search: (head >> POS_BITS) as u16 == place.epoch,
             density,
@@ -419,6 +434,8 @@ struct Scan<'a> {
     /// Ring offsets of `head` and of the block's place (computed once: a division each).
     head_offset: u64,
     place_offset: usize,
+    /// [`EncoderCache::pass_bits`] of the block's place.
+    place_pass: u32,
     search: bool,
     density: Density,
     lookups: u64,
@@ -618,7 +635,7 @@ impl Scan<'_> {
             if (entry >> 32) as u32 != check || (way > 0 && entry == anchor.entries[0]) {
                 continue;
             }
-            if let Some(cand) = self.position_of(entry as u32 as usize) {
+            if let Some(cand) = self.position_of(entry as u32) {
                 best = longer(
                     best,
                     self.verify(area, floor, i, cand, self.to_beat(longer(found, best))),
@@ -642,11 +659,12 @@ impl Scan<'_> {
     /// second read, 170 without).
     fn insert(&self, anchor: &Anchor<'_>, i: usize) {
         let check = (anchor.key as u32) | 1;
-        let entry = (u64::from(check) << 32) | (self.place_offset + i) as u64;
+        let entry =
+            (u64::from(check) << 32) | u64::from(self.place_pass | (self.place_offset + i) as u32);
         anchor.bucket[1].store(entry, Ordering::Relaxed);
         let old = anchor.entries[0];
         if (old >> 32) as u32 == check
-            && let Some(c) = self.position_of(old as u32 as usize)
+            && let Some(c) = self.position_of(old as u32)
             && self.head - c < self.cache.ring.size() / 2
             && c < self.place.pos
         {
@@ -683,17 +701,27 @@ impl Scan<'_> {
         None
     }
 
-    /// The newest absolute position before `head` whose ring offset is `offset`, if it is less
-    /// than a ring size behind.
-    fn position_of(&self, offset: usize) -> Option<u64> {
-        let size = self.cache.ring.size();
-        let offset = offset as u64;
+    /// The position an index slot's low half (`pass << offset_bits | ring offset`) points
+    /// at: the newest absolute position before `head` with that ring offset, if it is less
+    /// than a ring size behind and was written in the slot's pass. A slot whose bytes a later
+    /// pass overwrote is known stale here, without a comparison that would miss the cache
+    /// twice (tag and bytes): data sent again after its first copy left the ring finds such
+    /// a slot at almost every anchor (`cargo bench --bench dedupe -- encode_random_sparse`,
+    /// whose 160 MiB cycle through a 64 MiB ring: `Ring::match_forward` was a fifth of the
+    /// samples there before this test). With few pass bits (large rings) a slot from as many
+    /// passes ago is taken for current and only the comparison rejects it.
+    fn position_of(&self, low: u32) -> Option<u64> {
+        let cache = self.cache;
+        let size = cache.ring.size();
+        let offset_mask = u32::MAX >> (32 - cache.offset_bits);
+        let offset = u64::from(low & offset_mask);
         let back = if offset <= self.head_offset {
             self.head_offset - offset
         } else {
             self.head_offset + size - offset
         };
-        self.head.checked_sub(back)
+        let pos = self.head.checked_sub(back)?;
+        (cache.pass_bits(pos) == low & !offset_mask).then_some(pos)
     }
 
     /// How long a match must be to count: longer than `found`, the best one so far, or at
@@ -760,6 +788,48 @@ impl Scan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scan of a block placed at `head` (nothing in flight).
+    fn scan_at(cache: &EncoderCache, head: u64) -> Scan<'_> {
+        Scan {
+            cache,
+            place: Place {
+                epoch: 0,
+                pos: head,
+            },
+            head,
+            head_offset: cache.ring.offset(head) as u64,
+            place_offset: cache.ring.offset(head),
+            place_pass: cache.pass_bits(head),
+            search: true,
+            density: Density::Dense,
+            lookups: 0,
+            hits: 0,
+            matched: 0,
+            refs: 0,
+            trail: None,
+        }
+    }
+
+    #[test]
+    fn index_slots_whose_bytes_a_later_pass_overwrote_point_nowhere() {
+        for size in [1 << 20, 3 << 20] {
+            let cache = EncoderCache::new(DedupeConfig::with_cache(size));
+            let size = cache.size();
+            let head = 5 * size + size / 2;
+            let scan = scan_at(&cache, head);
+            let slot = |pos: u64| cache.pass_bits(pos) | cache.ring.offset(pos) as u32;
+            // Behind the head in its own pass, and in the pass before past the head's offset:
+            // the newest bytes at those offsets.
+            for pos in [5 * size, 5 * size + 100, head - 1, 4 * size + size * 3 / 4] {
+                assert_eq!(scan.position_of(slot(pos)), Some(pos), "size {size}, {pos}");
+            }
+            // The same offsets one or more passes earlier: overwritten since.
+            for pos in [4 * size + 100, 3 * size + size * 3 / 4, 100, size / 2] {
+                assert_eq!(scan.position_of(slot(pos)), None, "size {size}, {pos}");
+            }
+        }
+    }
 
     #[test]
     fn whole_window_mask_equals_the_test_per_position() {
