@@ -1096,11 +1096,12 @@ fn acks_as_datagrams_over_a_lossy_way_back_keep_dedupe_exact() {
         );
         // Acks sent at once find repeats sooner; lost ones are made up by the next. At 20%
         // loss each way a lost ack datagram still hides blocks until the next one arrives,
-        // where the control path loses none: a quarter less is allowed for that (seed 33:
-        // 5.9 MB against 7.2 MB; both were 3.7 and 2.8 MB while references inside a repeat
-        // re-indexed every anchor, see `Scan::run`).
+        // where the control path loses none: a quarter less is allowed there (seed 33:
+        // 6.2 MB against 7.4 MB; both were 3.7 and 2.8 MB while references inside a repeat
+        // re-indexed every anchor, see `Scan::run`), a tenth at lower loss.
+        let bound = if loss >= 0.2 { 0.75 } else { 0.9 };
         assert!(
-            matched[1] as f64 >= matched[0] as f64 * 0.75,
+            matched[1] as f64 >= matched[0] as f64 * bound,
             "loss {loss}: acks as datagrams keep dedupe saving: {matched:?}"
         );
     }

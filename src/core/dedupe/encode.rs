@@ -431,7 +431,7 @@ struct Scan<'a> {
     place: Place,
     /// Next free position when the scan started: candidates lie before it.
     head: u64,
-    /// Ring offsets of `head` and of the block's place (computed once: a division each).
+    /// Ring offsets of `head` and of the block's place (computed once per block).
     head_offset: u64,
     place_offset: usize,
     /// [`EncoderCache::pass_bits`] of the block's place.

@@ -71,9 +71,6 @@ impl Segment {
         let first = (want & 0xff) * ONES;
         let second = ((want >> 8) & 0xff) * ONES;
         let mut word = lo / 8;
-        if word * 8 >= hi {
-            return None;
-        }
         let mut this = self.word(word);
         while word * 8 < hi {
             // Positions at or past `hi` need no next word; the last word of the segment has
