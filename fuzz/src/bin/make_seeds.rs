@@ -48,14 +48,18 @@ struct Seeds {
 }
 
 impl Seeds {
-    /// Empties `dir` of seeds (other files are left alone) and makes sure it exists.
+    /// Empties `dir` of generated seeds and makes sure it exists. Other files, and the
+    /// fuzzer's finds kept as `regress_*.bin` regression seeds, are left alone.
     fn new(dir: PathBuf) -> Result<Seeds> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
         {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "bin") {
+            let regression = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("regress_"));
+            if path.extension().is_some_and(|e| e == "bin") && !regression {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("removing {}", path.display()))?;
             }
