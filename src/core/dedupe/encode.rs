@@ -10,9 +10,9 @@ use super::{
     push_reference,
 };
 
-/// Multipliers of the anchor hash, one per byte pair of its window (odd, with well-spread
-/// bits).
-const ANCHOR_MUL: [u16; 3] = [0x9E37, 0x58A5, 0x7F4B];
+/// Multipliers of the anchor hash, one per byte pair of its window (odd; chosen by what they
+/// do on text, see [`anchor_hash`]).
+const ANCHOR_MUL: [u16; 2] = [0xA31D, 0xD357];
 
 /// Bytes that decide whether a position is an anchor.
 const ANCHOR_WINDOW: usize = 4;
@@ -347,16 +347,19 @@ impl EncoderCache {
 /// pairs times odd multipliers, so that the hashes of eight neighbouring positions of one
 /// parity are 16-bit vector multiplies of the bytes as loaded, with no widening (see
 /// [`anchor_mask`]); a byte per term with its own multiplier took twice the instructions.
-/// The sum is multiplied once more to carry its low bits into the top ones: without that,
-/// text got fewer and more clustered anchors (one position in 60 of the Rust docs instead of
-/// 47, the 99th percentile gap 351 bytes instead of 258) and `cargo bench --bench dedupe`'s
-/// repeat transfer cost 0.0595 of the first one's bytes instead of 0.0440; with it, 0.0456.
+///
+/// On random data every odd pair of multipliers marks one position in 2^[`SAMPLE_BITS`]; on
+/// text the rate and spacing depend on the pair, as text's windows are few. Over the Rust
+/// docs, ten pairs gave from one anchor in 42 to one in 105 positions. 0x9E37 and 0x58A5:
+/// one in 60, clustered (99th percentile gap 351 bytes), and `cargo bench --bench dedupe`'s
+/// repeat transfer cost 0.0595 of the first one's bytes where the byte-wise hash before
+/// (one in 47) gave 0.0440. These (those two times 0x7F4B): one in 53, the 99th percentile
+/// gap 201, and 0.0456.
 #[inline]
 fn anchor_hash(w: &[u8]) -> u16 {
     pair(w, 0)
         .wrapping_mul(ANCHOR_MUL[0])
         .wrapping_add(pair(w, 2).wrapping_mul(ANCHOR_MUL[1]))
-        .wrapping_mul(ANCHOR_MUL[2])
 }
 
 /// The two bytes at `at` as a little-endian `u16`.
