@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::compress::Codec;
 use super::dedupe::{DecoderCache, DedupeConfig, EncoderCache};
 use super::encoder::Compression;
 use super::packet::{self, testing};
@@ -1158,18 +1159,20 @@ fn ack_only_blocks_stay_out_of_the_dedupe_ring() {
 }
 
 /// A flow the compression trial finds incompressible is scanned with sparse anchors (one in
-/// 256 positions), other flows with dense ones (one in 64); with compression off there is no
-/// trial and every flow is dense.
+/// 256 positions), other flows with dense ones (one in 64). With compression off the trial
+/// still runs for dedupe's sake; with the trial turned off (`bypass: false`) every flow is
+/// dense.
 #[test]
 fn incompressible_flows_are_scanned_with_sparse_anchors() {
     let mut rng = SmallRng::seed_from_u64(43);
     let payloads: Vec<Vec<u8>> = (0..400)
         .map(|_| (0..1300).map(|_| rng.random::<u8>()).collect())
         .collect();
-    // Anchors looked up per byte scanned, for `compression`.
-    let rate = |compression: Compression| {
+    // Anchors looked up per byte scanned, for `compression` and `bypass`.
+    let rate = |compression: Compression, bypass: bool| {
         let config = EncoderConfig {
             compression,
+            bypass,
             ..EncoderConfig::default()
         };
         let mut sim = Sim::new(
@@ -1198,14 +1201,84 @@ fn incompressible_flows_are_scanned_with_sparse_anchors() {
         assert!(stats.bytes_in > 400_000, "{stats:?}");
         stats.lookups as f64 / stats.bytes_in as f64
     };
-    let auto = rate(Compression::Auto);
-    let off = rate(Compression::Off);
+    let auto = rate(Compression::Auto, true);
+    let off = rate(Compression::Off, true);
+    let dense = rate(Compression::Auto, false);
+    let off_dense = rate(Compression::Off, false);
     // The payloads alone would give 1/256 and 1/64; each test packet's header adds about
     // five anchors at any density (the runs of zero bytes in it: every position of a zero run
     // is an anchor). Measured: 1/133 and 1/52.
-    assert!((1.0 / 200.0..1.0 / 100.0).contains(&auto), "auto: {auto}");
-    assert!((1.0 / 70.0..1.0 / 40.0).contains(&off), "off: {off}");
-    assert!(auto * 2.0 < off, "auto {auto}, off {off}");
+    for (name, sparse) in [("auto", auto), ("off", off)] {
+        assert!(
+            (1.0 / 200.0..1.0 / 100.0).contains(&sparse),
+            "{name}: {sparse}"
+        );
+    }
+    for (name, dense) in [("auto, no trial", dense), ("off, no trial", off_dense)] {
+        assert!((1.0 / 70.0..1.0 / 40.0).contains(&dense), "{name}: {dense}");
+        assert!(auto * 2.0 < dense, "auto {auto}, {name} {dense}");
+    }
+}
+
+/// Compression off costs no compression work: without dedupe no trial runs, and with dedupe
+/// the trial runs (to pick the anchor density) but every block still goes raw.
+#[test]
+fn compression_off_runs_the_trial_only_for_dedupe_and_never_compresses() {
+    let mut rng = SmallRng::seed_from_u64(44);
+    // Two flows: random bytes, and text.
+    let text = b"the quick brown fox jumps over the lazy dog; ".repeat(30);
+    let payloads: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            if i % 2 == 0 {
+                (0..1300).map(|_| rng.random::<u8>()).collect()
+            } else {
+                text[..1300].to_vec()
+            }
+        })
+        .collect();
+    for dedupe in [false, true] {
+        let config = EncoderConfig {
+            compression: Compression::Off,
+            ..EncoderConfig::default()
+        };
+        let mut sim = Sim::new(
+            44,
+            config,
+            DecoderConfig::default(),
+            Impairments::default(),
+            vec![1400],
+        );
+        if dedupe {
+            sim.with_dedupe(8 << 20);
+        }
+        let mut buf = vec![0u8; 1400];
+        let now = Timestamp::from_millis(1);
+        for (n, payload) in payloads.iter().enumerate() {
+            let p = testing::ipv4_packet(
+                [10, 1, 0, 2],
+                [10, 2, 0, 2],
+                packet::PROTO_TCP,
+                (n % 2) as u16,
+                443,
+                payload,
+            );
+            sim.encoder.handle_packet(now, &p).unwrap();
+            while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
+        }
+        let stats = sim.encoder.stats();
+        assert_eq!(stats.packets_in, 200, "dedupe {dedupe}");
+        assert!(stats.codec(Codec::Raw).blocks > 0, "dedupe {dedupe}");
+        for codec in [Codec::Lz4, Codec::Zstd] {
+            assert_eq!(stats.codec(codec).blocks, 0, "dedupe {dedupe}: {codec:?}");
+        }
+        if dedupe {
+            assert!(stats.trials >= 2, "one trial per flow at least: {stats:?}");
+            assert!(stats.packets_bypassed >= 100, "the random flow: {stats:?}");
+        } else {
+            assert_eq!(stats.trials, 0, "{stats:?}");
+            assert_eq!(stats.packets_bypassed, 0, "{stats:?}");
+        }
+    }
 }
 
 /// A hostile link (corruption too) with dedupe on: nothing wrong is ever delivered.
