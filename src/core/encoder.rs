@@ -256,6 +256,10 @@ pub struct Encoder {
     compressor: Compressor,
     queues: [Queue; 2],
     flows: Box<[FlowVerdict]>,
+    /// [`COMPRESS`]'s push count right after the last packet of a flow whose slot another
+    /// flow held (see [`Encoder::route`]): such packets may still wait there while
+    /// `encoded` is below it, and no slot remembers them.
+    guests_pushed_at: u64,
     out: Outgoing,
     /// An epoch announcement waiting for the control path.
     announce: bool,
@@ -302,6 +306,7 @@ impl Encoder {
             compressor,
             queues: [Queue::default(), Queue::default()],
             flows: vec![FlowVerdict::default(); FLOW_SLOTS].into_boxed_slice(),
+            guests_pushed_at: 0,
             out: Outgoing {
                 id: BlockId {
                     shard,
@@ -444,8 +449,11 @@ impl Encoder {
     ///
     /// Order within a flow: while a flow still has packets waiting in one queue, its packets
     /// keep going to that queue, and a slot is only taken over from another flow that has
-    /// nothing waiting. (Two flows colliding in one slot while both have packets waiting in
-    /// different queues could still see the second flow reordered; 4096 slots make that rare.)
+    /// nothing waiting. A flow whose slot another flow holds with packets waiting (two
+    /// hashes on one slot) goes to [`COMPRESS`] without a trial, as its earlier packets may
+    /// have; a flow taking over a slot goes to [`BYPASS`] only once no such packet waits in
+    /// [`COMPRESS`]. (Before, such a flow ran the trial each time and could alternate between
+    /// the queues: `cargo fuzz run roundtrip` found a GRE flow delivered out of order.)
     ///
     /// With compression off the trial still runs while dedupe is on: its verdict then only
     /// picks the anchor density ([`Density`]), and incompressible flows (an encrypted VPN
@@ -460,6 +468,12 @@ impl Encoder {
         let own = slot.hash == hash;
         let waiting = |q: &Queue| q.encoded < slot.pushed_at;
         let slot_waiting = waiting(&self.queues[slot.queue]);
+        if !own && slot_waiting {
+            // Another flow with packets waiting owns the slot: leave it, and keep this flow's
+            // packets in one queue while the collision lasts.
+            self.guests_pushed_at = self.queues[COMPRESS].pushed + 1;
+            return COMPRESS;
+        }
         let (queue, fresh_verdict) = if own && slot_waiting {
             // Keep order: follow the flow's own waiting packets.
             (slot.queue, None)
@@ -477,10 +491,14 @@ impl Encoder {
             };
             (q, Some(q))
         };
-        if !own && slot_waiting {
-            // Another flow with packets waiting owns the slot: leave it.
-            return queue;
-        }
+        // Taking over the slot: this flow may have packets waiting in COMPRESS from a
+        // collision, which no verdict recorded; it leaves COMPRESS only once they are out.
+        let (queue, fresh_verdict) =
+            if !own && queue == BYPASS && self.queues[COMPRESS].encoded < self.guests_pushed_at {
+                (COMPRESS, None)
+            } else {
+                (queue, fresh_verdict)
+            };
         let pushed_at = self.queues[queue].pushed + 1;
         let slot = &mut self.flows[slot_index];
         let len = payload.len().min(u32::MAX as usize) as u32;
