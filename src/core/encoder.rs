@@ -479,6 +479,11 @@ impl Encoder {
             (slot.queue, None)
         } else if own && slot.packets_left > 0 && slot.bytes_left > 0 {
             (slot.queue, None)
+        } else if !own && self.queues[COMPRESS].encoded < self.guests_pushed_at {
+            // Taking over the slot: this flow may have packets waiting in COMPRESS from a
+            // collision, which no verdict recorded; it stays there, unjudged, until they are
+            // out.
+            (COMPRESS, None)
         } else if payload.len() < MIN_TRIAL_PAYLOAD {
             // Too little to judge (pure acks, small requests): keep the flow's last verdict.
             (if own { slot.queue } else { COMPRESS }, None)
@@ -491,14 +496,6 @@ impl Encoder {
             };
             (q, Some(q))
         };
-        // Taking over the slot: this flow may have packets waiting in COMPRESS from a
-        // collision, which no verdict recorded; it leaves COMPRESS only once they are out.
-        let (queue, fresh_verdict) =
-            if !own && queue == BYPASS && self.queues[COMPRESS].encoded < self.guests_pushed_at {
-                (COMPRESS, None)
-            } else {
-                (queue, fresh_verdict)
-            };
         let pushed_at = self.queues[queue].pushed + 1;
         let slot = &mut self.flows[slot_index];
         let len = payload.len().min(u32::MAX as usize) as u32;

@@ -1158,6 +1158,25 @@ fn ack_only_blocks_stay_out_of_the_dedupe_ring() {
     );
 }
 
+/// Feeds each payload to the encoder as a TCP packet to port 443 from port `src_port(n)` and
+/// sends (drops) its datagrams.
+fn encode_tcp_payloads(sim: &mut Sim, payloads: &[Vec<u8>], src_port: impl Fn(usize) -> u16) {
+    let mut buf = vec![0u8; 1400];
+    let now = Timestamp::from_millis(1);
+    for (n, payload) in payloads.iter().enumerate() {
+        let p = testing::ipv4_packet(
+            [10, 1, 0, 2],
+            [10, 2, 0, 2],
+            packet::PROTO_TCP,
+            src_port(n),
+            443,
+            payload,
+        );
+        sim.encoder.handle_packet(now, &p).unwrap();
+        while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
+    }
+}
+
 /// A flow the compression trial finds incompressible is scanned with sparse anchors (one in
 /// 256 positions), other flows with dense ones (one in 64). With compression off the trial
 /// still runs for dedupe's sake; with the trial turned off (`bypass: false`) every flow is
@@ -1183,20 +1202,7 @@ fn incompressible_flows_are_scanned_with_sparse_anchors() {
             vec![1400],
         );
         let (enc, _dec) = sim.with_dedupe(8 << 20);
-        let mut buf = vec![0u8; 1400];
-        let now = Timestamp::from_millis(1);
-        for (n, payload) in payloads.iter().enumerate() {
-            let p = testing::ipv4_packet(
-                [10, 1, 0, 2],
-                [10, 2, 0, 2],
-                packet::PROTO_TCP,
-                n as u16,
-                443,
-                payload,
-            );
-            sim.encoder.handle_packet(now, &p).unwrap();
-            while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
-        }
+        encode_tcp_payloads(&mut sim, &payloads, |n| n as u16);
         let stats = enc.stats();
         assert!(stats.bytes_in > 400_000, "{stats:?}");
         stats.lookups as f64 / stats.bytes_in as f64
@@ -1325,20 +1331,7 @@ fn compression_off_runs_the_trial_only_for_dedupe_and_never_compresses() {
         if dedupe {
             sim.with_dedupe(8 << 20);
         }
-        let mut buf = vec![0u8; 1400];
-        let now = Timestamp::from_millis(1);
-        for (n, payload) in payloads.iter().enumerate() {
-            let p = testing::ipv4_packet(
-                [10, 1, 0, 2],
-                [10, 2, 0, 2],
-                packet::PROTO_TCP,
-                (n % 2) as u16,
-                443,
-                payload,
-            );
-            sim.encoder.handle_packet(now, &p).unwrap();
-            while sim.encoder.poll_datagram(now, 1400, &mut buf).is_some() {}
-        }
+        encode_tcp_payloads(&mut sim, &payloads, |n| (n % 2) as u16);
         let stats = sim.encoder.stats();
         assert_eq!(stats.packets_in, 200, "dedupe {dedupe}");
         assert!(stats.codec(Codec::Raw).blocks > 0, "dedupe {dedupe}");
