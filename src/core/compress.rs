@@ -364,6 +364,21 @@ pub struct Decompressor {
     zstd: DCtx<'static>,
 }
 
+/// lz4_flex's checked block decoder in a function of its own, as a caller that does nothing
+/// else compiles it. Inlined into [`Decompressor::decompress`], beside the raw and zstd arms,
+/// the compiler kept the bounds check of each match copy (`slice::index::range`) out of line:
+/// perf on `text_1400/decode_ours_lz4` put 4% of the samples there and 7% in glibc's memmove,
+/// against none and 3% here, as for the bare codec. `cargo bench --bench codec --
+/// text_1400/decode_` (2-vCPU Intel Xeon guest, binaries alternated): lz4 decode paired
+/// ours/bare 0.84 and 0.84 inlined, 0.88 and 0.88 with this function.
+#[inline(never)]
+fn lz4_decompress_into(
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<usize, lz4_flex::block::DecompressError> {
+    lz4_flex::block::decompress_into(input, out)
+}
+
 impl Decompressor {
     /// Creates a decompressor.
     ///
@@ -410,7 +425,7 @@ impl Decompressor {
                 out.copy_from_slice(input);
                 return Ok(());
             }
-            Codec::Lz4 => lz4_flex::block::decompress_into(input, out).map_err(|e| match e {
+            Codec::Lz4 => lz4_decompress_into(input, out).map_err(|e| match e {
                 lz4_flex::block::DecompressError::OutputTooSmall { .. } => {
                     DecompressError::LengthMismatch
                 }
