@@ -376,6 +376,17 @@ impl Sim {
         sim
     }
 
+    /// A sim over a link that loses nothing, with 1400-byte datagrams and the default decoder.
+    fn lossless(seed: u64, encoder_config: EncoderConfig) -> Sim {
+        Sim::new(
+            seed,
+            encoder_config,
+            DecoderConfig::default(),
+            Impairments::default(),
+            vec![1400],
+        )
+    }
+
     /// Gives both ends fresh dedupe contexts with a `cache`-byte ring; returns them.
     fn with_dedupe(&mut self, cache: usize) -> (Arc<EncoderCache>, Arc<DecoderCache>) {
         let config = DedupeConfig::with_cache(cache);
@@ -1123,13 +1134,7 @@ fn acks_as_datagrams_over_a_lossy_way_back_keep_dedupe_exact() {
 /// block that carries data does.
 #[test]
 fn ack_only_blocks_stay_out_of_the_dedupe_ring() {
-    let mut sim = Sim::new(
-        41,
-        EncoderConfig::default(),
-        DecoderConfig::default(),
-        Impairments::default(),
-        vec![1400],
-    );
+    let mut sim = Sim::lossless(41, EncoderConfig::default());
     let (enc, _dec) = sim.with_dedupe(2 << 20);
     let ack =
         |n: u16| testing::ipv4_packet([10, 1, 0, 2], [10, 2, 0, 2], packet::PROTO_TCP, n, 80, &[]);
@@ -1194,13 +1199,7 @@ fn incompressible_flows_are_scanned_with_sparse_anchors() {
             bypass,
             ..EncoderConfig::default()
         };
-        let mut sim = Sim::new(
-            43,
-            config,
-            DecoderConfig::default(),
-            Impairments::default(),
-            vec![1400],
-        );
+        let mut sim = Sim::lossless(43, config);
         let (enc, _dec) = sim.with_dedupe(8 << 20);
         encode_tcp_payloads(&mut sim, &payloads, |n| n as u16);
         let stats = enc.stats();
@@ -1263,13 +1262,7 @@ fn a_flow_sharing_a_bypass_slot_keeps_its_order() {
         (guest, &text[..1200]),
         (guest, &random[..600]),
     ];
-    let mut sim = Sim::new(
-        45,
-        EncoderConfig::default(),
-        DecoderConfig::default(),
-        Impairments::default(),
-        vec![1400],
-    );
+    let mut sim = Sim::lossless(45, EncoderConfig::default());
     sim.pump_control();
     let now = Timestamp::from_millis(1);
     for (serial, (port, body)) in (0u32..).zip(sends) {
@@ -1321,13 +1314,7 @@ fn compression_off_runs_the_trial_only_for_dedupe_and_never_compresses() {
             compression: Compression::Off,
             ..EncoderConfig::default()
         };
-        let mut sim = Sim::new(
-            44,
-            config,
-            DecoderConfig::default(),
-            Impairments::default(),
-            vec![1400],
-        );
+        let mut sim = Sim::lossless(44, config);
         if dedupe {
             sim.with_dedupe(8 << 20);
         }
