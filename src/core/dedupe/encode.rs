@@ -426,9 +426,10 @@ const NEAR: usize = 256;
 /// is then an older source, is indexed). Text repeats itself mostly from recent pages
 /// (boilerplate, phrases): indexing such copies again took about an eighth of the time of
 /// encoding fresh text, and (what the numbers suggest) index slots from other anchors.
-/// Measured with a quarter against always: `cargo bench --bench dedupe -- encode_fresh`
-/// about 9% faster; the netns transfer test's first fetch of the docs about 4% fewer WAN
-/// bytes, the second fetch and the edited copy fewer as well.
+/// Measured with a quarter against every copy: `cargo bench --bench dedupe -- encode_fresh`
+/// about 9% faster; the netns transfer test, six runs against three: the docs' first fetch
+/// 3% fewer WAN bytes on average, the second fetch and the edited copy about 5% fewer (the
+/// copy's runs spread wider: 78-98 KB against 90-91 KB).
 const REFRESH_AGE_SHIFT: u32 = 2;
 
 /// The longer of two matches `(start, len, ring position)`, the first on a tie.
