@@ -427,9 +427,10 @@ const NEAR: usize = 256;
 /// (boilerplate, phrases): indexing such copies again took about an eighth of the time of
 /// encoding fresh text, and (what the numbers suggest) index slots from other anchors.
 /// Measured with a quarter against every copy: `cargo bench --bench dedupe -- encode_fresh`
-/// about 9% faster; the netns transfer test, six runs against three: the docs' first fetch
-/// 3% fewer WAN bytes on average, the second fetch and the edited copy about 5% fewer (the
-/// copy's runs spread wider: 78-98 KB against 90-91 KB).
+/// 4-7% faster (the commits' bench binaries alternated), `examples/dedupe_cpu` 7-10%; the
+/// netns transfer test, six runs against three: the docs' first fetch 3% fewer WAN bytes on
+/// average, the second fetch and the edited copy about 5% fewer (the copy's runs spread
+/// wider: 78-98 KB against 90-91 KB).
 const REFRESH_AGE_SHIFT: u32 = 2;
 
 /// The longer of two matches `(start, len, ring position)`, the first on a tie.
@@ -567,7 +568,7 @@ impl Scan<'_> {
                 let i = anchor.at;
                 if i < covered {
                     // Inside a reference: only refresh the index, so this newer copy takes
-                    // over once the older one ages out of the ring.
+                    // over once the older one ages out of the ring (not for a young source).
                     if !young_source {
                         self.insert(anchor, i);
                     }
