@@ -10,13 +10,14 @@
 //! `$(rustc --print sysroot)/share/doc/rust/html`), cuts it into 64,000-byte areas and sends
 //! them [`PASSES`] times through an encoder cache with a 4 MiB ring (as `cargo bench --bench dedupe`
 //! does for `encode_fresh`: the text finds most of its bytes elsewhere in the ring), each area
-//! acknowledged at once. Prints MiB per user-CPU second and the bytes matched, which must not
-//! change when only the speed of the scan does.
+//! acknowledged at once, with the gateway's default minimum match (64 bytes before commit
+//! "bench: the default minimum match"). Prints MiB per user-CPU second and the bytes
+//! matched, which must not change when only the speed of the scan does.
 
 use std::path::{Path, PathBuf};
 
 use sluice::core::dedupe::encode::{Density, Trail};
-use sluice::core::dedupe::{DedupeConfig, EncoderCache};
+use sluice::core::dedupe::{DEFAULT_MIN_MATCH, DedupeConfig, EncoderCache};
 
 fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -77,7 +78,7 @@ fn main() {
     );
     let enc = EncoderCache::new(DedupeConfig {
         cache: 4 << 20,
-        min_match: 64,
+        min_match: DEFAULT_MIN_MATCH,
     });
     let mut stream = Vec::new();
     let mut bytes = 0u64;
