@@ -255,6 +255,30 @@ fn matches_are_found_at_any_offset_inside_other_data() {
 }
 
 #[test]
+fn where_a_source_continues_is_given_up_after_a_few_anchors_until_the_next_reference() {
+    let mut pair = Pair::new(1 << 20);
+    let old = pseudo_random(16 * 1024, 21);
+    pair.send(&old, true);
+    // Two pieces of it, each followed by 6 KiB not sent before, whose anchors compare the
+    // bytes where the piece's source continues in vain. The second piece is the longer, so
+    // the continuation of the longest reference is always the last one's and adds no tries;
+    // after the second piece the old data ends 3 KiB on (later candidates are not compared).
+    let mut area = old[..4096].to_vec();
+    area.extend(pseudo_random(6 * 1024, 22));
+    area.extend_from_slice(&old[8192..13312]);
+    area.extend(pseudo_random(6 * 1024, 23));
+    let before = pair.enc.stats();
+    let (wire, _) = pair.send(&area, true);
+    let stats = pair.enc.stats();
+    assert_eq!(stats.refs - before.refs, 2, "both pieces found");
+    assert!(wire < 12 * 1024 + 64, "took {wire} bytes");
+    // Without the bound, every anchor of the new bytes compares (193); without
+    // starting over at the second reference, only the first stretch does.
+    let tries = stats.continuations - before.continuations;
+    assert_eq!(tries, 2 * u64::from(encode::CONTINUATION_TRIES[0]));
+}
+
+#[test]
 fn unacknowledged_bytes_are_never_referenced() {
     let mut pair = Pair::new(1 << 20);
     let data = pseudo_random(4000, 5);
