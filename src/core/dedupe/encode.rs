@@ -450,9 +450,9 @@ const REFRESH_AGE_SHIFT: u32 = 2;
 /// found, 68% (`encode_fresh`) and 81% (the tables' transfers, min match 32 to 512) came at
 /// its first comparison after the reference and 93% and 99% within four; the longest's, 98%
 /// and 97% at its first. Later comparisons found a match one or two times in a thousand,
-/// mostly one the index found as well: with these bounds the transfer table is unchanged but for 335
-/// bytes (0.03%) more for the first transfer, and `encode_fresh` matches 0.04% fewer bytes
-/// and runs 6-7% faster (`examples/dedupe_cpu`: 4-8%; builds alternated).
+/// mostly one the index found as well: with these bounds the transfer table is unchanged but
+/// for 335 bytes (0.03%) more for the first transfer, and `encode_fresh` matches 0.04% fewer
+/// bytes and runs 6-7% faster (`examples/dedupe_cpu`: 4-8%; builds alternated).
 pub(super) const CONTINUATION_TRIES: [u32; 2] = [4, 1];
 
 /// The longer of two matches `(start, len, ring position)`, the first on a tie.
