@@ -7,8 +7,8 @@
 //! Input: 16 MiB of real text (the Rust HTML docs, `$(rustc --print sysroot)/share/doc/rust/html`,
 //! else Python's standard library) cut into 64,000-byte areas, the size of one batch or TUN GSO
 //! super-packet. Throughput counts area bytes. Every case runs the gateway's default minimum
-//! match (`DEFAULT_MIN_MATCH`, 128 bytes); before commit "bench: the default minimum match"
-//! the text cases ran 64, which finds more short references and is slower.
+//! match (`DEFAULT_MIN_MATCH`, 128 bytes); before c0d6d07 the text cases ran 64, which finds
+//! more short references and is slower.
 //!
 //! - `encode_fresh`: areas whose own earlier copy is gone (a 4 MiB ring cycling through the
 //!   16 MiB): placement, ring write, anchor scan, index lookups and inserts. The docs repeat

@@ -10,9 +10,9 @@
 //! `$(rustc --print sysroot)/share/doc/rust/html`), cuts it into 64,000-byte areas and sends
 //! them [`PASSES`] times through an encoder cache with a 4 MiB ring (as `cargo bench --bench dedupe`
 //! does for `encode_fresh`: the text finds most of its bytes elsewhere in the ring), each area
-//! acknowledged at once, with the gateway's default minimum match (64 bytes before commit
-//! "bench: the default minimum match"). Prints MiB per user-CPU second and the bytes
-//! matched, which must not change when only the speed of the scan does.
+//! acknowledged at once, with the gateway's default minimum match (64 bytes before c0d6d07).
+//! Prints MiB per user-CPU second and the bytes matched, which must not change when only the
+//! speed of the scan does.
 
 use std::path::{Path, PathBuf};
 
